@@ -1,0 +1,61 @@
+"""Atomic file output: a reader never sees a half-written file.
+
+Every writer goes to a temporary file in the destination's folder and renames it into place
+(``os.replace`` is atomic on POSIX within one file system). On an exception the temporary file
+is removed and the destination is left as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    ``suffix`` is kept on the temporary name (writers such as nibabel choose the format from it);
+    by default the full suffix of ``path`` (e.g. ``.nii.gz``) is used.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent))
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array, allow_pickle=False)
+
+
+def atomic_save_nifti(image: Any, path: str | os.PathLike) -> None:
+    """Write a nibabel image atomically (the temporary name keeps ``.nii``/``.nii.gz``)."""
+    import nibabel as nib
+
+    with atomic_path(path) as tmp:
+        nib.save(image, str(tmp))

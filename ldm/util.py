@@ -1,0 +1,90 @@
+"""Config-driven construction and small shared helpers, in the CompVis convention.
+
+A config node is a mapping with a ``target`` (a dotted import path) and optional ``params``
+(keyword arguments). ``instantiate_from_config`` builds the object. Errors a user can make in a
+config raise :class:`ConfigError`, which ``main.py`` turns into one line and exit code 2.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+
+class ConfigError(Exception):
+    """A mistake in a user's config or command line (reported as one line, exit code 2)."""
+
+
+def get_obj_from_str(string: str, reload: bool = False) -> Any:
+    """Import ``package.module.Name`` and return ``Name``.
+
+    Raises ConfigError naming the target when the module does not import or lacks the name.
+    """
+    if not isinstance(string, str) or "." not in string:
+        raise ConfigError(f"target {string!r} is not a dotted import path like 'package.module.Class'")
+    module_name, cls_name = string.rsplit(".", 1)
+    try:
+        module = importlib.import_module(module_name)
+        if reload:
+            module = importlib.reload(module)
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"target {string!r}: module {module_name!r} does not import ({e})") from e
+    except ImportError as e:
+        raise ConfigError(f"target {string!r}: module {module_name!r} failed to import ({e})") from e
+    try:
+        return getattr(module, cls_name)
+    except AttributeError as e:
+        raise ConfigError(f"target {string!r}: module {module_name!r} has no attribute {cls_name!r}") from e
+
+
+def instantiate_from_config(config: Mapping | Any, **extra: Any) -> Any:
+    """Build ``target(**params, **extra)`` from a ``{target, params}`` config node.
+
+    The CompVis sentinels ``__is_first_stage__`` and ``__is_unconditional__`` return None.
+    """
+    if config is None:
+        raise ConfigError("expected a config node with a 'target' key, got nothing")
+    if isinstance(config, str) and config in ("__is_first_stage__", "__is_unconditional__"):
+        return None
+    if not isinstance(config, Mapping) and not hasattr(config, "keys"):
+        raise ConfigError(f"expected a config node with a 'target' key, got {config!r}")
+    if "target" not in config:
+        keys = ", ".join(str(k) for k in config.keys()) or "none"
+        raise ConfigError(f"config node has no 'target' key (keys: {keys})")
+    params = config.get("params", None) or {}
+    if hasattr(params, "items"):
+        params = dict(params.items())
+    return get_obj_from_str(config["target"])(**params, **extra)
+
+
+def count_params(model: torch.nn.Module, verbose: bool = False, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (optionally only trainable ones), printed in millions."""
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    if verbose:
+        print(f"{model.__class__.__name__} has {total * 1e-6:.2f} M parameters.")
+    return total
+
+
+def default(value: Any, fallback: Any) -> Any:
+    """``value`` unless it is None, else ``fallback`` (called if callable)."""
+    if value is not None:
+        return value
+    return fallback() if callable(fallback) else fallback
+
+
+def load_state_dict(path: str, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint's ``state_dict`` safely (``weights_only=True``: a file cannot run code).
+
+    Lightning checkpoints hold the weights under ``state_dict``; a bare state dict is returned
+    as is. Raises ConfigError naming the path when it does not exist.
+    """
+    import os
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path!r} does not exist")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+        return ckpt["state_dict"]
+    return ckpt
