@@ -7,6 +7,7 @@ config raise :class:`ConfigError`, which ``main.py`` turns into one line and exi
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,7 +57,23 @@ def instantiate_from_config(config: Mapping | Any, **extra: Any) -> Any:
     params = config.get("params", None) or {}
     if hasattr(params, "items"):
         params = dict(params.items())
-    return get_obj_from_str(config["target"])(**params, **extra)
+    cls = get_obj_from_str(config["target"])
+    _check_keywords(config["target"], cls, [*params, *extra])
+    return cls(**params, **extra)
+
+
+def _check_keywords(target: str, cls: Any, names: list[str]) -> None:
+    """A params key the target does not take is a config typo: name it instead of a TypeError."""
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return
+    parameters = signature.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [n for n in names if n not in parameters]
+    if unknown:
+        raise ConfigError(f"target {target!r} takes no parameter {unknown[0]!r}")
 
 
 def count_params(model: torch.nn.Module, verbose: bool = False, trainable_only: bool = False) -> int:
