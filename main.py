@@ -159,7 +159,6 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
         callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
     trainer_kwargs.setdefault("default_root_dir", logdir)
     trainer = pl.Trainer(**trainer_kwargs, logger=logger if logger is not None else False, callbacks=callbacks)
-    trainer._ldm_run_dir = logdir  # the ImageLogger writes PNGs beside checkpoints/
 
     base_lr = float(config.model.get("base_learning_rate", 1e-4))
     batch_size = int(config.data.params.get("batch_size", 1))
@@ -192,7 +191,8 @@ def default_callbacks(now: str, logdir: str, ckptdir: str, cfgdir: str, config, 
         "setup": {"target": "ldm.callbacks.SetupCallback",
                   "params": {"now": now, "logdir": logdir, "ckptdir": ckptdir, "cfgdir": cfgdir}},
         "image_logger": {"target": "ldm.callbacks.ImageLogger",
-                         "params": {"batch_frequency": 750, "max_images": 4, "clamp": True}},
+                         "params": {"batch_frequency": 750, "max_images": 4, "clamp": True,
+                                    "save_dir": logdir}},
     }
 
 

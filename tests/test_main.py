@@ -178,3 +178,15 @@ def test_split_overrides_keeps_options_and_files():
 ])
 def test_count_devices(trainer, expected):
     assert launcher.count_devices(trainer) == expected
+
+
+def test_ddp_two_cpu_processes_share_one_run_directory(tmp_path):
+    """DDP re-executes main.py per rank: all ranks must agree on the run directory and logging
+    must not issue collectives from rank zero alone (that deadlocks or corrupts gloo)."""
+    proc = run_main("--base", TOY, "-t", "-l", str(tmp_path), "lightning.trainer.strategy=ddp",
+                    "lightning.trainer.devices=2", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run_dir(tmp_path)
+    assert "8.00e-04 = 1 (accumulate_grad_batches) * 2 (devices x nodes)" in proc.stdout + proc.stderr
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3

@@ -33,13 +33,16 @@ class ImageLogger(pl.Callback):
 
     ``batch_frequency`` sets the cadence; with ``increase_log_steps`` the first logs come at
     1, 2, 4, ... steps as in CompVis so that a run shows something early. Validation logs once per
-    validation epoch (first batch). ``disabled`` turns it off.
+    validation epoch (first batch). ``disabled`` turns it off. PNGs go to ``<save_dir>/images/<split>``
+    (main.py sets the run directory).
     """
 
     def __init__(self, batch_frequency: int = 1000, max_images: int = 4, clamp: bool = True,
                  increase_log_steps: bool = True, disabled: bool = False, log_first_step: bool = False,
-                 log_on_validation: bool = True, log_images_kwargs: dict | None = None) -> None:
+                 log_on_validation: bool = True, log_images_kwargs: dict | None = None,
+                 save_dir: str | None = None) -> None:
         super().__init__()
+        self.save_dir = save_dir
         self.batch_freq = max(1, int(batch_frequency))
         self.max_images = max_images
         self.clamp = clamp
@@ -71,10 +74,8 @@ class ImageLogger(pl.Callback):
             pl_module.train(was_training)
         if not trainer.is_global_zero:
             return
-        root = Path(trainer.log_dir or trainer.default_root_dir)
-        # trainer.log_dir is the logger's version folder; keep PNGs beside checkpoints/ as CompVis
-        run_dir = Path(getattr(trainer, "_ldm_run_dir", root))
-        out = run_dir / "images" / split
+        # not trainer.log_dir: that property broadcasts, and only rank zero gets here
+        out = Path(self.save_dir or trainer.default_root_dir) / "images" / split
         out.mkdir(parents=True, exist_ok=True)
         step, epoch = trainer.global_step, trainer.current_epoch
         experiment = getattr(trainer.logger, "experiment", None)
