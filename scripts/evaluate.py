@@ -1,0 +1,145 @@
+"""Score synthesised DWI / ADC volumes against the ground truth with the metrics of Table 1.
+
+    python scripts/evaluate.py --pred cLDM=samples/cldm cLDM-PT=samples/cldm_pt \\
+        --gt data/raw/test --out results/table1 [--inception_weights inception-2015-12-05.pt]
+
+Predictions: ``<pred>/<patient_id>/{dwi,adc}_sample_{k}.nii.gz`` (what scripts/sample_LDM.py
+writes); ground truth: the raw cohort ``<gt>/<patient_id>/{dwi,adc,mask,lesion,ctp}.nii.gz``. Both
+are mapped to [0, 1] with the ground truth's per-patient 0.5/99.5 percentile window inside the
+brain mask (the training normalisation) and scored on every axial brain slice. Writes
+``metrics_per_slice.csv``, ``metrics_per_patient.csv``, ``metrics_summary.csv``, ``table1.md``
+and Fig. 3-style panels ``panels/*.png`` into ``--out``. Input errors end with one line and exit
+code 2; a patient that cannot be scored is reported and left out (``--strict`` makes it an error).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+EXIT_USER_ERROR = 2
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pred", nargs="+", action="append", required=True, metavar="[NAME=]DIR",
+                   help="prediction folder(s), optionally named (cLDM=DIR); repeat or list several "
+                        "to put runs side by side")
+    p.add_argument("--gt", required=True, help="raw ground-truth cohort folder (one folder per patient)")
+    p.add_argument("--out", required=True, help="output folder for CSV, markdown and panels")
+    p.add_argument("--patients", nargs="+", default=None, help="evaluate only these patients")
+    p.add_argument("--inception_weights", default=None,
+                   help="local TorchScript Inception-v3 (e.g. inception-2015-12-05.pt) for FID; "
+                        "without it FID is skipped and the table says so")
+    p.add_argument("--device", default=None, help="device for the Inception network (default: cuda if available)")
+    p.add_argument("--panels", nargs="+", default=None, metavar="PATIENT_ID",
+                   help="patients to render as Fig. 3-style panels")
+    p.add_argument("--n_panels", type=int, default=3,
+                   help="without --panels: render this many patients, largest lesions first (0: none)")
+    p.add_argument("--panel_sample", type=int, default=0, help="which sample k to show in the panels")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first patient that cannot be scored instead of leaving it out")
+    return p
+
+
+def parse_runs(groups: list[list[str]]) -> dict[str, Path]:
+    """``NAME=DIR`` or ``DIR`` (named after the folder) -> {name: folder}; names must be unique."""
+    from ldm.evaluation.volumes import EvaluationInputError
+
+    runs: dict[str, Path] = {}
+    for item in (i for group in groups for i in group):
+        name, sep, folder = item.partition("=")
+        if not sep:
+            name, folder = Path(item.rstrip("/")).name, item
+        if not name or not folder:
+            raise EvaluationInputError(f"--pred {item!r}: expected NAME=DIR or DIR")
+        if name in runs:
+            raise EvaluationInputError(f"--pred: the run name {name!r} is given twice (use NAME=DIR to tell them apart)")
+        runs[name] = Path(folder)
+    return runs
+
+
+def largest_lesions(gt_dir: Path, patients: list[str], k: int) -> list[str]:
+    """The ``k`` patients with the largest lesion volume (patients without lesion last)."""
+    import nibabel as nib
+    import numpy as np
+
+    volume = {}
+    for pid in patients:
+        path = next((gt_dir / pid / f"lesion{s}" for s in (".nii.gz", ".nii") if (gt_dir / pid / f"lesion{s}").is_file()), None)
+        volume[pid] = 0 if path is None else int((np.asarray(nib.load(str(path)).dataobj) > 0).sum())
+    return sorted(patients, key=lambda p: (-volume[p], p))[:k]
+
+
+def run(opt: argparse.Namespace) -> int:
+    import torch
+
+    from ldm.evaluation.aggregate import per_patient, per_run
+    from ldm.evaluation.evaluator import evaluate_runs
+    from ldm.evaluation.fid import InceptionFeatures
+    from ldm.evaluation.panels import render_panels
+    from ldm.evaluation.tables import table1_markdown, write_csv
+    from ldm.evaluation.volumes import EvaluationInputError
+    from ldm.io import atomic_write_text
+
+    start = time.time()
+    runs = parse_runs(opt.pred)
+    out = Path(opt.out)
+    features, skip_reason = None, None
+    if opt.inception_weights:
+        device = opt.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            features = InceptionFeatures(opt.inception_weights, device=device)
+        except (FileNotFoundError, ValueError) as e:
+            raise EvaluationInputError(str(e)) from e
+    else:
+        skip_reason = "no Inception weights given (--inception_weights PATH to a TorchScript Inception-v3)"
+        print(f"FID skipped: {skip_reason}")
+
+    evaluation = evaluate_runs(runs, opt.gt, features=features, fid_skip_reason=skip_reason,
+                               patients=opt.patients, strict=opt.strict)
+    slices = [row for report in evaluation.runs for row in report.rows]
+    patients = per_patient(slices)
+    summary = per_run(evaluation)
+    write_csv(slices, out / "metrics_per_slice.csv")
+    write_csv(patients, out / "metrics_per_patient.csv")
+    write_csv(summary, out / "metrics_summary.csv")
+    markdown = table1_markdown(summary, evaluation)
+    atomic_write_text(out / "table1.md", markdown)
+
+    scored = sorted(set.intersection(*(set(r.patients) for r in evaluation.runs)))
+    chosen = opt.panels if opt.panels else largest_lesions(Path(opt.gt), scored, max(opt.n_panels, 0))
+    unknown = [p for p in chosen if p not in scored]
+    if unknown:
+        print(f"panels: patient(s) {', '.join(unknown)} were not scored in every run: not rendered")
+        chosen = [p for p in chosen if p in scored]
+    panel_paths = [render_panels(opt.gt, runs, [pid], out / "panels" / f"{pid}.png", opt.panel_sample)
+                   for pid in chosen]
+    if len(chosen) > 1:
+        panel_paths.append(render_panels(opt.gt, runs, chosen, out / "panels" / "fig3.png", opt.panel_sample))
+
+    print(markdown)
+    print(f"wrote {out / 'table1.md'}, {out / 'metrics_summary.csv'}, {out / 'metrics_per_patient.csv'}, "
+          f"{out / 'metrics_per_slice.csv'}")
+    for path in panel_paths:
+        print(f"panel: {path}")
+    print(f"evaluation took {time.time() - start:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ldm.evaluation.volumes import EvaluationInputError
+
+    opt = get_parser().parse_args(argv)
+    try:
+        return run(opt)
+    except EvaluationInputError as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""scripts/evaluate.py on a tiny NIfTI cohort: numbers against an independent computation, tables,
+panels, FID with a local TorchScript extractor, and every kind of bad input."""
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (24, 28, 5)
+AFFINE = np.array([[0.0, -1.0, 0.0, 90.0],
+                   [1.0, 0.0, 0.0, -126.0],
+                   [0.0, 0.0, 5.0, -72.0],
+                   [0.0, 0.0, 0.0, 1.0]])
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+evaluate_script = _load_script()
+
+
+def save(array, path, affine=AFFINE):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), affine), str(path))
+
+
+def make_patient(root, pid, seed, lesion=True):
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), indexing="ij")
+    brain = ((x - 12) / 10) ** 2 + ((y - 14) / 12) ** 2 < 1
+    mask = np.repeat(brain[..., None], SHAPE[2], axis=2)
+    mask[..., 0] = False  # a slice without brain: not scored
+    dwi = (rng.uniform(200, 800, size=SHAPE) * mask).astype(np.float32)
+    adc = (rng.uniform(600, 3000, size=SHAPE) * mask).astype(np.float32)
+    les = np.zeros(SHAPE, bool)
+    if lesion:
+        les[8:12, 10:14, 2:4] = True
+        dwi[les] *= 1.8
+        adc[les] *= 0.5
+    ctp = rng.uniform(0, 120, size=SHAPE + (15,)) * mask[..., None]
+    folder = root / pid
+    for name, arr in dict(dwi=dwi, adc=adc, mask=mask, lesion=les, ctp=ctp).items():
+        save(arr, folder / f"{name}.nii.gz")
+    return dict(dwi=dwi, adc=adc, mask=mask, lesion=les)
+
+
+def predict(gt, root, pid, seed, noise, k=0, affine=AFFINE, shape=SHAPE):
+    rng = np.random.default_rng(seed)
+    for modality in ("dwi", "adc"):
+        pred = gt[modality] * (1 + noise * rng.normal(size=SHAPE))
+        if shape != SHAPE:
+            pred = np.zeros(shape)
+        save(pred * gt["mask"] if shape == SHAPE else pred, root / pid / f"{modality}_sample_{k}.nii.gz", affine)
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    gt_dir = tmp_path / "gt"
+    gts = {pid: make_patient(gt_dir, pid, seed, lesion=(pid != "P002"))
+           for seed, pid in enumerate(["P001", "P002", "P003"])}
+    perfect, noisy = tmp_path / "perfect", tmp_path / "noisy"
+    for i, (pid, gt) in enumerate(gts.items()):
+        predict(gt, perfect, pid, i, noise=0.0)
+        predict(gt, noisy, pid, 10 + i, noise=0.3)
+    return gt_dir, perfect, noisy, gts
+
+
+def error_line(stderr):
+    """The one error line of a failed run (the progress bar also writes to stderr)."""
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("evaluate.py: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    return errors[0]
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def reference_scores(gt, pred_path, modality):
+    """Independent computation: reference normalisation (np.quantile), then the metric formulas."""
+    mask = gt["mask"]
+    ref = np.clip(gt[modality].astype(np.float64), 0, None)
+    lo, hi = np.quantile(ref[mask], 0.005), np.quantile(ref[mask], 0.995)
+
+    def norm(v):
+        out = (np.clip(v, lo, hi) - lo) / (hi - lo)
+        return np.where(mask, out, 0.0)
+
+    x, x_hat = norm(ref), norm(np.asarray(nib.load(str(pred_path)).dataobj, dtype=np.float64))
+    maes, lesion_maes, psnrs = [], [], []
+    for z in range(SHAPE[2]):
+        if not mask[..., z].any():
+            continue
+        err = np.abs(x[..., z] - x_hat[..., z])
+        maes.append(err.mean())
+        psnrs.append(10 * np.log10(1.0 / np.mean(err ** 2)))
+        m = gt["lesion"][..., z]
+        if m.any():
+            lesion_maes.append(err[m].sum() / m.sum())
+    return np.mean(maes), (np.mean(lesion_maes) if lesion_maes else None), np.mean(psnrs)
+
+
+def test_two_runs_side_by_side_with_independent_numbers(cohort, tmp_path, capsys):
+    gt_dir, perfect, noisy, gts = cohort
+    out = tmp_path / "out"
+    rc = evaluate_script.main(["--pred", f"perfect={perfect}", f"noisy={noisy}", "--gt", str(gt_dir),
+                               "--out", str(out), "--n_panels", "2"])
+    assert rc == 0
+    patients = read_csv(out / "metrics_per_patient.csv")
+    by = {(r["run"], r["patient_id"], r["modality"]): r for r in patients}
+    for pid, gt in gts.items():
+        for modality in ("dwi", "adc"):
+            mae, lesion_mae, psnr = reference_scores(gt, noisy / pid / f"{modality}_sample_0.nii.gz", modality)
+            row = by[("noisy", pid, modality)]
+            assert float(row["mae_mean"]) == pytest.approx(mae, rel=1e-4)
+            assert float(row["psnr_mean"]) == pytest.approx(psnr, rel=1e-4)
+            assert int(row["n_slices"]) == SHAPE[2] - 1  # the empty-mask slice is not scored
+            if lesion_mae is None:
+                assert row["lesion_mae_mean"] == "" and row["n_lesion_slices"] == "0"
+            else:
+                assert float(row["lesion_mae_mean"]) == pytest.approx(lesion_mae, rel=1e-4)
+            perfect_row = by[("perfect", pid, modality)]
+            assert float(perfect_row["mae_mean"]) == 0.0
+            assert float(perfect_row["ms_ssim_mean"]) == pytest.approx(1.0, abs=1e-5)
+            assert 0 < float(row["ms_ssim_mean"]) < 1
+
+    summary = {(r["run"], r["modality"]): r for r in read_csv(out / "metrics_summary.csv")}
+    slices = [r for r in read_csv(out / "metrics_per_slice.csv") if r["run"] == "noisy" and r["modality"] == "dwi"]
+    assert float(summary[("noisy", "dwi")]["mae_mean"]) == pytest.approx(np.mean([float(r["mae"]) for r in slices]))
+    lesion_values = [float(r["lesion_mae"]) for r in slices if r["lesion_mae"] != ""]
+    assert len(lesion_values) == 4  # P001 and P003, two lesion slices each
+    assert float(summary[("noisy", "dwi")]["lesion_mae_mean"]) == pytest.approx(np.mean(lesion_values))
+
+    table = (out / "table1.md").read_text()
+    assert "| Model | DWI |" in table and "Lesion MAE↓" in table
+    lines = [line for line in table.splitlines() if line.startswith("| perfect") or line.startswith("| noisy")]
+    assert len(lines) == 2 and all(line.count("|") == 12 for line in lines)
+    assert "nan" not in table.lower() and "inf" not in table.lower()
+    assert "**0.000**" in lines[0]  # the perfect run is best and in bold
+    assert "without lesion" in table and "P002" in table
+    assert "FID skipped: no Inception weights given" in table
+    for name in ("P001.png", "P003.png", "fig3.png"):  # largest lesions first; P002 has none
+        assert (out / "panels" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "panels" / "P002.png").exists()
+    assert "FID skipped" in capsys.readouterr().out
+
+
+class TinyFeatures(torch.nn.Module):
+    """Stands in for the Inception TorchScript: same call, checks it gets 299 x 299 images in [0, 255]."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        assert x.shape[1] == 3 and x.shape[2] == 299 and x.shape[3] == 299
+        assert bool(x.max() <= 255.0) and bool(x.min() >= 0.0)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x / 255.0, 2)
+        return pooled.flatten(1)
+
+
+def test_fid_with_a_local_torchscript_extractor(cohort, tmp_path):
+    gt_dir, perfect, noisy, _ = cohort
+    weights = tmp_path / "features.pt"
+    torch.jit.save(torch.jit.script(TinyFeatures()), str(weights))
+    out = tmp_path / "out"
+    rc = evaluate_script.main(["--pred", f"perfect={perfect}", "--pred", f"noisy={noisy}", "--gt", str(gt_dir),
+                               "--out", str(out), "--inception_weights", str(weights), "--n_panels", "0"])
+    assert rc == 0
+    summary = {(r["run"], r["modality"]): r for r in read_csv(out / "metrics_summary.csv")}
+    assert float(summary[("perfect", "dwi")]["fid"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(summary[("noisy", "dwi")]["fid"]) > 1e-4
+    assert "skipped" not in (out / "table1.md").read_text()
+    assert not (out / "panels").exists()
+
+
+def test_bad_inputs_are_reported_and_left_out(cohort, tmp_path, capsys):
+    gt_dir, perfect, noisy, gts = cohort
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 2.0
+    predict(gts["P001"], noisy, "P001", 0, noise=0.3, affine=shifted)                  # another grid
+    predict(gts["P002"], noisy, "P002", 0, noise=0.3, shape=(24, 28, 6))               # another shape
+    for f in (noisy / "P003").iterdir():                                               # missing patient
+        f.unlink()
+    (noisy / "P003").rmdir()
+    predict(gts["P001"], noisy, "P999", 0, noise=0.3)                                  # no ground truth
+    out = tmp_path / "out"
+    rc = evaluate_script.main(["--pred", f"perfect={perfect}", f"noisy={noisy}", "--gt", str(gt_dir),
+                               "--out", str(out), "--n_panels", "0"])
+    err = capsys.readouterr()
+    assert rc == 2  # every patient of 'noisy' was left out: nothing to score is an error
+    assert "run noisy: no patient" in error_line(err.err)
+    log = err.out + err.err
+    assert "patient P001: dwi_sample_0.nii.gz has an affine that differs" in log
+    assert "patient P002: dwi_sample_0.nii.gz has shape (24, 28, 6) but the ground truth has (24, 28, 5)" in log
+    assert "patient P003 has no prediction folder" in log
+    assert "patient P999 has predictions but no ground truth" in log
+
+    predict(gts["P003"], noisy, "P003", 0, noise=0.3)
+    rc = evaluate_script.main(["--pred", f"perfect={perfect}", f"noisy={noisy}", "--gt", str(gt_dir),
+                               "--out", str(out), "--n_panels", "0"])
+    assert rc == 0
+    table = (out / "table1.md").read_text()
+    assert "noisy: 1 patient(s)" in table and "excluded: patient P001" in table and "P999" in table
+    rows = read_csv(out / "metrics_per_patient.csv")
+    assert {r["patient_id"] for r in rows if r["run"] == "noisy"} == {"P003"}
+
+    rc = evaluate_script.main(["--pred", f"noisy={noisy}", "--gt", str(gt_dir), "--out", str(out), "--strict"])
+    assert rc == 2 and "P001" in error_line(capsys.readouterr().err)
+
+
+def test_command_line_errors_are_one_line(cohort, tmp_path, capsys):
+    gt_dir, perfect, _, _ = cohort
+    cases = [
+        (["--pred", str(tmp_path / "nope"), "--gt", str(gt_dir)], "does not exist"),
+        (["--pred", f"a={perfect}", f"a={perfect}", "--gt", str(gt_dir)], "given twice"),
+        (["--pred", str(perfect), "--gt", str(tmp_path / "perfect")], "no patient folder with dwi"),
+        (["--pred", str(perfect), "--gt", str(gt_dir), "--inception_weights", str(tmp_path / "x.pt")],
+         "Inception weights"),
+    ]
+    for args, message in cases:
+        rc = evaluate_script.main(args + ["--out", str(tmp_path / "o")])
+        assert rc == 2 and message in error_line(capsys.readouterr().err), args
+
+
+def test_lesion_mae_never_nan_when_no_patient_has_lesion(tmp_path):
+    gt_dir, pred = tmp_path / "gt", tmp_path / "pred"
+    gt = make_patient(gt_dir, "P010", 0, lesion=False)
+    predict(gt, pred, "P010", 1, noise=0.2)
+    assert evaluate_script.main(["--pred", str(pred), "--gt", str(gt_dir), "--out", str(tmp_path / "o"),
+                                 "--n_panels", "1"]) == 0
+    table = (tmp_path / "o" / "table1.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| pred"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "–" and cells[7] == "–"  # lesion MAE of DWI and ADC: undefined, shown as a dash
+    assert not any(math.isnan(float(c)) for c in cells[1:] if c not in ("–",))
+    assert (tmp_path / "o" / "panels" / "P010.png").is_file()
