@@ -1,0 +1,1 @@
+"""Inference: loading a trained run and synthesising DWI / ADC volumes per patient in source space."""

@@ -1,0 +1,66 @@
+"""What ``--data`` points at: a preprocessed split, or a raw NIfTI cohort preprocessed on the fly.
+
+A raw cohort (DESIGN.md layout, ``<root>/<patient_id>/ctp.nii.gz`` ...) is preprocessed into a
+temporary folder with the in-plane size the model was trained at, and removed afterwards; the
+index it writes records each patient's source geometry, so the outputs land in source space.
+"""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ldm.util import ConfigError
+
+
+def is_raw_cohort(root: str | Path) -> bool:
+    """True when ``root`` holds patient folders with a CTP NIfTI (the raw layout)."""
+    root = Path(root)
+    return any((p / "ctp.nii.gz").is_file() or (p / "ctp.nii").is_file() for p in root.iterdir() if p.is_dir())
+
+
+def configured_data_root(config: DictConfig, splits: tuple[str, ...]) -> str | None:
+    """The ``data_root`` of the first of ``splits`` (e.g. test, validation) in the run's data config."""
+    for split in splits:
+        root = OmegaConf.select(config, f"data.params.{split}.params.data_root", default=None)
+        if root:
+            return str(root)
+    return None
+
+
+def model_input_size(config: DictConfig) -> tuple[int, int] | None:
+    """The in-plane size the model was trained at: latent ``image_size`` x the first stage's factor."""
+    image_size = OmegaConf.select(config, "model.params.image_size", default=None)
+    ch_mult = OmegaConf.select(config, "model.params.first_stage_config.params.ddconfig.ch_mult", default=None)
+    if image_size is None or ch_mult is None:
+        return None
+    factor = 2 ** (len(ch_mult) - 1)
+    sizes = [int(image_size)] * 2 if isinstance(image_size, (int, float)) else [int(s) for s in image_size]
+    if len(sizes) != 2:
+        return None
+    return sizes[0] * factor, sizes[1] * factor
+
+
+@contextlib.contextmanager
+def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference: str | Path | None = None,
+                      workers: int = 1) -> Iterator[Path]:
+    """Yield a preprocessed split for ``data``: itself, or a temporary preprocessing of a raw cohort."""
+    data = Path(data)
+    if not data.is_dir():
+        raise ConfigError(f"--data {str(data)!r} is not a folder")
+    if not is_raw_cohort(data):
+        yield data
+        return
+    if size is None:
+        raise ConfigError(f"--data {str(data)!r} is a raw cohort: give --size H W (the model's input size could "
+                          f"not be read from the config)")
+    from ldm.data.preprocessing import preprocess_cohort
+
+    with tempfile.TemporaryDirectory(prefix="sample_ldm_") as tmp:
+        print(f"preprocessing the raw cohort {data} at {size[0]} x {size[1]} into a temporary folder")
+        preprocess_cohort(str(data), tmp, size=tuple(size), workers=workers, skip_bad=True,
+                          reference_dir=None if reference is None else str(reference))
+        yield Path(tmp)

@@ -1,0 +1,60 @@
+"""From a batch of CTP slices to synthesised [DWI, ADC] slices with a trained latent diffusion model.
+
+The conditional LDM concatenates the rescaled CTP c~ with z_t, so the latent has c~'s spatial size
+and ``model.channels`` channels. DDIM (Song et al., 2021) starts from the x_T it is given: with
+eta = 0 the result is a deterministic function of (CTP, x_T), hence of the per-slice seeds. With
+eta > 0 DDIM also draws fresh noise at every step from torch's global generator; it is seeded once
+per batch, so a run is reproducible for a fixed batch size but then depends on the batching.
+
+Another model family (e.g. a Brownian bridge) plugs in by giving its model a
+``make_slice_sampler(steps, eta)`` method that returns a callable with the same signature as
+:class:`DDIMSliceSampler`.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import torch
+
+NoiseFn = Callable[[Sequence[int]], torch.Tensor]
+
+
+class DDIMSliceSampler:
+    """``sampler(ctp (B, 15, H, W), noise) -> (B, 2, H, W)`` images in [-1, 1]."""
+
+    def __init__(self, model: torch.nn.Module, steps: int = 200, eta: float = 0.0):
+        from ldm.models.diffusion.ddim import DDIMSampler
+
+        if steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {steps}")
+        self.model, self.steps, self.eta = model, steps, eta
+        self.sampler = DDIMSampler(model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def ema_scope(self) -> contextlib.AbstractContextManager:
+        """The model's EMA weights for the whole run, when it has them."""
+        if getattr(self.model, "use_ema", False) and hasattr(self.model, "ema_scope"):
+            return self.model.ema_scope("sampling")
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def __call__(self, ctp: torch.Tensor, noise: NoiseFn) -> torch.Tensor:
+        """``noise(shape)`` returns the (B, *shape) x_T for this batch, shape = (C, h, w) of the latent."""
+        cond = self.model.get_learned_conditioning(ctp.to(self.device))
+        shape = (int(self.model.channels), *cond.shape[-2:])
+        x_T = noise(shape).to(self.device)
+        latents, _ = self.sampler.sample(S=self.steps, batch_size=ctp.shape[0], shape=shape,
+                                         conditioning=cond, eta=self.eta, x_T=x_T, verbose=False)
+        # the decoder can overshoot slightly; the inverse normalisation is defined on [-1, 1]
+        return self.model.decode_first_stage(latents).clamp(-1.0, 1.0)
+
+
+def make_slice_sampler(model: torch.nn.Module, steps: int, eta: float) -> Callable:
+    """The model's own slice sampler if it defines one, else DDIM for a LatentDiffusion."""
+    if hasattr(model, "make_slice_sampler"):
+        return model.make_slice_sampler(steps=steps, eta=eta)
+    return DDIMSliceSampler(model, steps=steps, eta=eta)

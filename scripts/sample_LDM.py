@@ -1,0 +1,151 @@
+"""Synthesise DWI and ADC volumes from CT perfusion with a trained (post-trained) latent diffusion model.
+
+    python scripts/sample_LDM.py -r logs/<run> --data data/preprocessed/test --n_samples 1 \\
+        --batch_size 48 --steps 200 [--outdir OUT] [key=value ...]
+
+``-r`` is a run directory (configs from ``<run>/configs/*.yaml``, weights from
+``<run>/checkpoints/last.ckpt``) or a checkpoint file. ``--data`` is a preprocessed split or a raw
+NIfTI cohort (preprocessed on the fly at the model's input size). For every patient it writes
+``<outdir>/<patient_id>/dwi_sample_{k}.nii.gz`` and ``adc_sample_{k}.nii.gz`` in the source
+geometry (same shape and affine as the source volumes, physical units, zero outside the brain
+mask), atomically, skipping samples that already exist (a second run resumes). EMA weights are used
+when the checkpoint has them. Each slice's initial noise is seeded by (seed, patient, k, slice),
+so with ``--eta 0`` (deterministic DDIM) the volumes do not depend on --batch_size; with eta > 0
+DDIM's per-step noise is seeded per batch, reproducible only for the same --batch_size.
+Mistakes on the command line or in configs end with one line and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+EXIT_USER_ERROR = 2
+SETTINGS_FILE = "sampling.json"
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-r", "--resume", required=True, help="run directory or checkpoint file")
+    p.add_argument("-b", "--base", nargs="*", default=[], metavar="config.yaml",
+                   help="configs merged after the run's own (needed for a checkpoint outside a run directory)")
+    p.add_argument("--data", default=None,
+                   help="preprocessed split or raw NIfTI cohort folder (default: the run's test, else "
+                        "validation data_root)")
+    p.add_argument("--reference", default=None,
+                   help="preprocessed training split whose cohort reference values give the DWI/ADC "
+                        "intensity scale of CTP-only patients (default: the run's train data_root if it exists)")
+    p.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                   help="in-plane size for preprocessing a raw cohort (default: the model's input size)")
+    p.add_argument("--patients", nargs="+", default=None, help="sample only these patients")
+    p.add_argument("-n", "--n_samples", type=int, default=1, help="samples per patient")
+    p.add_argument("--batch_size", type=int, default=48, help="slices per batch")
+    p.add_argument("--steps", type=int, default=200, help="DDIM steps (the paper uses 200)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    p.add_argument("--outdir", default=None, help="output folder (default: <run>/samples/<steps>)")
+    p.add_argument("-s", "--seed", type=int, default=23, help="seed of the per-slice initial noise")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--workers", type=int, default=1, help="processes for preprocessing a raw cohort")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def check_settings(outdir: Path, settings: dict) -> None:
+    """Refuse to resume into a folder whose existing samples were made with other settings."""
+    import json
+
+    from ldm.util import ConfigError
+
+    path = outdir / SETTINGS_FILE
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    keys = ["checkpoint", "steps", "eta", "seed", "overrides"] + (["batch_size"] if settings["eta"] > 0 else [])
+    differ = [k for k in keys if old.get(k) != settings.get(k)]
+    if differ:
+        k = differ[0]
+        raise ConfigError(f"--outdir {str(outdir)!r} holds samples made with {k}={old.get(k)!r} (now "
+                          f"{settings.get(k)!r}): resuming would mix them; choose another --outdir")
+
+
+def run(opt: argparse.Namespace, overrides: list[str]) -> int:
+    import torch
+
+    from ldm.config import parse_overrides
+    from ldm.data.record import load_index
+    from ldm.inference.data_source import configured_data_root, model_input_size, preprocessed_data
+    from ldm.inference.run_loading import choose_device, load_model, load_run_config, resolve_run
+    from ldm.inference.slice_sampler import make_slice_sampler
+    from ldm.inference.volume_sampler import sample_cohort
+    from ldm.io import atomic_write_json
+    from ldm.util import ConfigError
+
+    start = time.time()
+    parse_overrides(overrides)
+    for name in ("n_samples", "batch_size", "steps"):
+        if getattr(opt, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(opt, name)}")
+    if opt.eta < 0:
+        raise ConfigError(f"--eta must be >= 0, got {opt.eta}")
+    run_files = resolve_run(opt.resume, opt.base)
+    config = load_run_config(run_files, overrides)
+    data = opt.data or configured_data_root(config, ("test", "validation"))
+    if not data:
+        raise ConfigError("no --data given and the run's config names no test or validation data_root")
+    reference = opt.reference or configured_data_root(config, ("train",))
+    if reference and not Path(reference).is_dir():
+        if opt.reference:
+            raise ConfigError(f"--reference {opt.reference!r} is not a folder")
+        reference = None  # the training data need not exist where one samples
+    if opt.outdir:
+        outdir = Path(opt.outdir)
+    elif run_files.logdir is not None:
+        outdir = run_files.logdir / "samples" / str(opt.steps)
+    else:
+        raise ConfigError("give --outdir")
+    settings = {"checkpoint": str(run_files.checkpoint.resolve()), "configs": [str(c) for c in run_files.configs],
+                "overrides": list(overrides), "data": str(data), "steps": opt.steps, "eta": opt.eta,
+                "seed": opt.seed, "n_samples": opt.n_samples, "batch_size": opt.batch_size}
+    check_settings(outdir, settings)
+
+    device = choose_device(opt.device)
+    model = load_model(config, run_files.checkpoint, device)
+    sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta)
+    ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
+    print(f"model {config.model.target} from {run_files.checkpoint} ({ema} weights) on {device}")
+    size = tuple(opt.size) if opt.size else model_input_size(config)
+    with preprocessed_data(data, size, reference, opt.workers) as data_root:
+        records = load_index(data_root)
+        reference_index = load_index(reference) if reference else None
+        print(f"sampling {len(opt.patients or records)} patient(s) of {data}: {opt.n_samples} sample(s), "
+              f"{opt.steps} DDIM steps, eta {opt.eta}, batch {opt.batch_size} -> {outdir}")
+        outdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(outdir / SETTINGS_FILE, settings)
+        with torch.inference_mode():
+            report = sample_cohort(sampler, data_root, outdir, records, n_samples=opt.n_samples,
+                                   batch_size=opt.batch_size, seed=opt.seed, eta=opt.eta, patients=opt.patients,
+                                   reference=reference_index, n_slices=lambda r: len(r.slice_indices),
+                                   progress=not opt.no_progress)
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} patient(s) already sampled: {', '.join(report.skipped)}")
+    print(f"wrote {len(report.written)} patient(s), {report.n_slices} slice(s) in {time.time() - start:.1f} s "
+          f"to {outdir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ldm.util import ConfigError
+
+    opt, unknown = get_parser().parse_known_args(argv)
+    try:
+        return run(opt, unknown)
+    except ConfigError as e:
+        print(f"sample_LDM.py: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
