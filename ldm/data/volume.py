@@ -1,0 +1,102 @@
+"""From model slices back to source-space volumes and NIfTI (what the sampler writes).
+
+The exact inverse of preprocessing's geometry: the (H, W) window is cut back to the cropped
+source region (padding dropped, cropped-away parts and skipped slices become background) and each
+slice goes back to its source z index. Intensities: [-1, 1] -> [0, 1] -> ``u * (hi - lo) + lo``
+with the patient's own percentile constants, or for a CTP-only patient the cohort reference of
+the training split; outside the brain mask the volume is 0.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ldm.data.normalization import from_model_range, unit_to_physical
+from ldm.data.record import CohortReference, PatientRecord, load_reference
+
+DESCRIPTIONS = {"dwi": "DWI b=1000", "adc": "ADC 1e-6 mm2/s", "ctp": "CT perfusion (HU)",
+                "mask": "brain mask", "lesion": "ischemic lesion"}
+
+
+def place_slices(slices: np.ndarray, record: PatientRecord, fill: float = 0.0) -> np.ndarray:
+    """Put (S, H, W) or (S, C, H, W) slices into the source grid: (X, Y, Z) or (X, Y, Z, C)."""
+    slices = np.asarray(slices)
+    expected = (record.n_slices, *record.size)
+    if slices.ndim not in (3, 4) or (slices.shape[0], *slices.shape[-2:]) != expected:
+        raise ValueError(f"patient {record.patient_id}: slices have shape {tuple(slices.shape)}, expected "
+                         f"({record.n_slices}, [C,] {record.size[0]}, {record.size[1]}) "
+                         f"(kept slices x in-plane size of the index)")
+    (x0, x1), (y0, y1) = record.crop
+    (bx, _), (by, _) = record.pad
+    channels = () if slices.ndim == 3 else (slices.shape[1],)
+    dtype = np.float32 if slices.dtype.kind == "f" else slices.dtype
+    volume = np.full((*record.source_shape, *channels), fill, dtype=dtype)
+    region = slices[..., bx:bx + x1 - x0, by:by + y1 - y0]  # (S, [C,] h, w)
+    region = np.moveaxis(region, (-2, -1), (0, 1))  # (h, w, S, [C])
+    volume[x0:x1, y0:y1, record.slice_indices] = region
+    return volume
+
+
+def _load_mask(record: PatientRecord) -> np.ndarray:
+    try:
+        return np.load(record.array_path("mask"), mmap_mode="r")
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"patient {record.patient_id}: no brain mask to restore the background ({e}); "
+                         "pass mask= or a record from load_index") from e
+
+
+def slices_to_volume(slices: np.ndarray, record: PatientRecord, modality: str,
+                     reference: CohortReference | str | Path | None = None, mask: np.ndarray | None = None,
+                     use_reference: bool = False) -> np.ndarray:
+    """(S, H, W) slices in [-1, 1] to an (X, Y, Z) float32 volume in physical units.
+
+    DWI in the scanner's units, ADC in 1e-6 mm^2/s. The constants are the patient's own unless it
+    is CTP-only (or ``use_reference``), then ``reference`` (a CohortReference, or the training
+    split's output folder / reference.json). ``mask`` (S, H, W) defaults to the stored brain mask.
+    """
+    if modality not in ("dwi", "adc"):
+        raise ValueError(f"modality must be 'dwi' or 'adc', got {modality!r}")
+    intensity = None if use_reference else record.intensity_range(modality)
+    if intensity is None:
+        if reference is None:
+            raise ValueError(f"patient {record.patient_id} has no {modality.upper()} constants of its own "
+                             f"(CTP-only): pass reference= the training split's preprocessed folder")
+        if not isinstance(reference, CohortReference):
+            reference = load_reference(reference)
+        intensity = reference.intensity_range(modality)
+    slices = np.asarray(slices, dtype=np.float32)
+    if slices.ndim != 3:
+        raise ValueError(f"patient {record.patient_id}: {modality} slices must be (S, H, W), got {slices.shape}")
+    mask = _load_mask(record) if mask is None else np.asarray(mask)
+    if mask.shape != slices.shape:
+        raise ValueError(f"patient {record.patient_id}: mask shape {tuple(mask.shape)} != slices shape {slices.shape}")
+    physical = np.where(mask > 0, unit_to_physical(from_model_range(slices), *intensity), 0.0).astype(np.float32)
+    return place_slices(physical, record, fill=0.0)
+
+
+def volume_to_nifti(volume: np.ndarray, record: PatientRecord, modality: str | None = None,
+                    description: str | None = None) -> nib.Nifti1Image:
+    """A NIfTI image with the source's exact shape, affine (sform and qform with their codes) and
+    units; ``modality`` ("dwi", "adc", ...) sets the description and intent name."""
+    volume = np.asarray(volume)
+    if tuple(volume.shape[:3]) != tuple(record.source_shape):
+        raise ValueError(f"patient {record.patient_id}: volume shape {tuple(volume.shape)} != source shape "
+                         f"{tuple(record.source_shape)}")
+    if volume.dtype.kind == "f" and volume.dtype != np.float32:
+        volume = volume.astype(np.float32)
+    image = nib.Nifti1Image(volume, record.affine)
+    header = image.header
+    header.set_data_dtype(volume.dtype)
+    qform = record.affine if record.qform is None else record.qform
+    image.set_qform(qform, code=int(record.qform_code))
+    image.set_sform(record.affine, code=int(record.sform_code))
+    if record.qform_code == 0 and record.sform_code == 0:  # the source had only pixdim: keep it readable
+        image.set_sform(record.affine, code=1)
+    header.set_xyzt_units("mm", "sec")
+    text = description or DESCRIPTIONS.get(modality or "", "")
+    header["descrip"] = text.encode()[:79]
+    if modality:
+        header["intent_name"] = modality.upper().encode()[:15]
+    return image
