@@ -78,10 +78,13 @@ def sample_lesion(rng: np.random.Generator, volume_ml: float, territory: str | N
                   amplitudes=rng.uniform(0.04, 0.1, size=n_waves))
 
 
-def sample_lesions(rng: np.random.Generator, volume_ml: float | None = None) -> list[Lesion]:
+def sample_lesions(rng: np.random.Generator, volume_ml: float | None = None,
+                   territory: str | None = None) -> list[Lesion]:
     """The patient's lesions: none with probability ``P_NO_LESION``, else one, sometimes with a
     smaller satellite in the same hemisphere (embolic showers). ``volume_ml`` fixes the main
-    lesion's volume (0: no lesion)."""
+    lesion's volume (0: no lesion), ``territory`` its territory (a key of TERRITORIES)."""
+    if territory is not None and territory not in TERRITORIES:
+        raise ValueError(f"unknown territory {territory!r}; choose from {', '.join(TERRITORIES)}")
     if volume_ml is None:
         if rng.random() < P_NO_LESION:
             return []
@@ -89,7 +92,7 @@ def sample_lesions(rng: np.random.Generator, volume_ml: float | None = None) -> 
     if volume_ml <= 0:
         return []
     hemisphere = 1 if rng.random() < 0.5 else -1
-    lesions = [sample_lesion(rng, volume_ml, hemisphere=hemisphere)]
+    lesions = [sample_lesion(rng, volume_ml, territory, hemisphere=hemisphere)]
     if rng.random() < 0.25:
         lesions.append(sample_lesion(rng, float(rng.uniform(0.2, 0.5)) * volume_ml, hemisphere=hemisphere))
     return lesions

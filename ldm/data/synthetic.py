@@ -73,12 +73,14 @@ def parse_size(text: str | Sequence[int]) -> tuple[int, int]:
 
 def generate_patient(seed: int | Sequence[int] | np.random.Generator, size: tuple[int, int] = SIZES["paper"],
                      n_slices: int | None = None, n_timepoints: int = 15, patient_id: str = "P0000",
-                     vary: bool = True, lesion_volume_ml: float | None = None, fov_jitter: int = 0) -> SyntheticPatient:
+                     vary: bool = True, lesion_volume_ml: float | None = None, lesion_territory: str | None = None,
+                     fov_jitter: int = 0) -> SyntheticPatient:
     """Synthesise one patient in memory.
 
     ``vary=False`` puts the unwarped template at the grid centre (MNI x = 0 on the middle of the
     first axis: mirror images are contralateral). ``lesion_volume_ml`` fixes the main lesion's
-    volume (0: none; None: random). ``fov_jitter`` varies the in-plane grid by up to that many
+    volume (0: none; None: random), ``lesion_territory`` its territory (lesion_model.TERRITORIES).
+    ``fov_jitter`` varies the in-plane grid by up to that many
     voxels per axis (scanners differ), so preprocessing must crop or pad.
     """
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -88,7 +90,7 @@ def generate_patient(seed: int | Sequence[int] | np.random.Generator, size: tupl
     shape = (int(size[0] + jitter[0]), int(size[1] + jitter[1]), int(n_slices))
     anatomy = build_anatomy(rng, shape, voxel_xy, vary=vary)
 
-    lesions = sample_lesions(rng, lesion_volume_ml)
+    lesions = sample_lesions(rng, lesion_volume_ml, lesion_territory)
     core, penumbra = lesion_fields(lesions, anatomy.mni)
     tissue = anatomy.gm + anatomy.wm
     core *= anatomy.brain

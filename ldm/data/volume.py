@@ -8,6 +8,7 @@ the training split; outside the brain mask the volume is 0.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import nibabel as nib
@@ -39,6 +40,18 @@ def place_slices(slices: np.ndarray, record: PatientRecord, fill: float = 0.0) -
     return volume
 
 
+def as_reference(reference: CohortReference | str | Path | Mapping[str, PatientRecord]) -> CohortReference:
+    """A CohortReference from any of the forms :func:`slices_to_volume` accepts."""
+    if isinstance(reference, CohortReference):
+        return reference
+    if isinstance(reference, Mapping):
+        cohort = CohortReference.from_records(list(reference.values()), source="records")
+        if cohort is None:
+            raise ValueError("the reference records have no patient with MRI: no reference constants")
+        return cohort
+    return load_reference(reference)
+
+
 def _load_mask(record: PatientRecord) -> np.ndarray:
     try:
         return np.load(record.array_path("mask"), mmap_mode="r")
@@ -48,13 +61,15 @@ def _load_mask(record: PatientRecord) -> np.ndarray:
 
 
 def slices_to_volume(slices: np.ndarray, record: PatientRecord, modality: str,
-                     reference: CohortReference | str | Path | None = None, mask: np.ndarray | None = None,
+                     reference: CohortReference | str | Path | Mapping[str, PatientRecord] | None = None,
+                     mask: np.ndarray | None = None,
                      use_reference: bool = False) -> np.ndarray:
     """(S, H, W) slices in [-1, 1] to an (X, Y, Z) float32 volume in physical units.
 
     DWI in the scanner's units, ADC in 1e-6 mm^2/s. The constants are the patient's own unless it
-    is CTP-only (or ``use_reference``), then ``reference`` (a CohortReference, or the training
-    split's output folder / reference.json). ``mask`` (S, H, W) defaults to the stored brain mask.
+    is CTP-only (or ``use_reference``), then ``reference``: a CohortReference (``load_reference``),
+    the training split's output folder or its reference.json, or the training split's records
+    (``load_index``; their medians are taken). ``mask`` (S, H, W) defaults to the stored mask.
     """
     if modality not in ("dwi", "adc"):
         raise ValueError(f"modality must be 'dwi' or 'adc', got {modality!r}")
@@ -63,8 +78,7 @@ def slices_to_volume(slices: np.ndarray, record: PatientRecord, modality: str,
         if reference is None:
             raise ValueError(f"patient {record.patient_id} has no {modality.upper()} constants of its own "
                              f"(CTP-only): pass reference= the training split's preprocessed folder")
-        if not isinstance(reference, CohortReference):
-            reference = load_reference(reference)
+        reference = as_reference(reference)
         intensity = reference.intensity_range(modality)
     slices = np.asarray(slices, dtype=np.float32)
     if slices.ndim != 3:

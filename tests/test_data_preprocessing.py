@@ -1,0 +1,215 @@
+"""Preprocessing: validation messages, atomic per-patient output, crop/pad, and the exact inverse."""
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ldm.data.brain_mask import derive_brain_mask
+from ldm.data.cropping import brain_window
+from ldm.data.preprocessing import CohortError, main, preprocess_cohort
+from ldm.data.record import INDEX_FILE, REFERENCE_FILE, load_index, load_reference
+from ldm.data.synthetic import generate_patient, write_patient
+from ldm.data.volume import place_slices, slices_to_volume, volume_to_nifti
+
+SIZE = (32, 32)  # model size; sources are jittered around it so both crop and pad happen
+N_T = 15
+
+
+@pytest.fixture(scope="module")
+def patients():
+    return [generate_patient([5, i], size=SIZE, n_slices=5, n_timepoints=N_T, patient_id=f"P{i:03d}",
+                             fov_jitter=5, lesion_volume_ml=20.0, lesion_territory="MCA deep") for i in range(3)]
+
+
+def _write(root, patient, pid=None, maps=("ctp", "dwi", "adc", "mask", "lesion")):
+    folder = root / (pid or patient.patient_id)
+    write_patient(patient, folder, maps)
+    return folder
+
+
+def _source(folder, name):
+    return nib.load(str(folder / f"{name}.nii.gz"))
+
+
+def test_normalise_then_invert_gives_back_the_source_volume(tmp_path, patients):
+    raw = tmp_path / "raw"
+    folders = [_write(raw, p) for p in patients]
+    # One empty slice (no brain) must be skipped and come back as background.
+    mask = _source(folders[0], "mask")
+    emptied = np.asarray(mask.dataobj).copy()
+    emptied[..., 1] = 0
+    nib.save(nib.Nifti1Image(emptied, mask.affine, mask.header), str(folders[0] / "mask.nii.gz"))
+
+    summary = preprocess_cohort(raw, tmp_path / "npy", size=SIZE, progress=False)
+    records = load_index(tmp_path / "npy")
+    assert sorted(records) == sorted(summary.records) == ["P000", "P001", "P002"]
+    assert records["P000"].slice_indices == [0, 2, 3, 4]
+    assert any(r.crop[a][1] - r.crop[a][0] < r.source_shape[a] for r in records.values() for a in (0, 1))
+    assert any(sum(r.pad[a]) > 0 for r in records.values() for a in (0, 1))
+
+    for pid, record in records.items():
+        folder = raw / pid
+        assert record.source_shape == _source(folder, "dwi").shape
+        mri = np.load(record.array_path("mri"))
+        stored_mask = np.load(record.array_path("mask"))
+        assert mri.dtype == np.float16 and mri.shape == (record.n_slices, 2, *SIZE)
+        assert 0.0 <= mri.min() and mri.max() <= 1.0
+        model_range = np.where(stored_mask[:, None] > 0, mri.astype(np.float32) * 2 - 1, -1.0)
+        brain = np.asarray(_source(folder, "mask").dataobj) > 0
+        inside = np.zeros_like(brain)
+        (x0, x1), (y0, y1) = record.crop
+        inside[x0:x1, y0:y1, record.slice_indices] = True
+        for channel, modality in enumerate(("dwi", "adc")):
+            volume = slices_to_volume(model_range[:, channel], record, modality)
+            source = _source(folder, modality).get_fdata()
+            lo, hi = record.intensity_range(modality)
+            lo_ref, hi_ref = np.percentile(np.maximum(source[brain], 0), [0.5, 99.5])
+            assert (lo, hi) == pytest.approx((lo_ref, hi_ref))
+            expected = np.where(brain & inside, np.clip(np.maximum(source, 0), lo, hi), 0.0)
+            # float16 storage: rounding on [0, 1] is at most 2^-12, i.e. (hi - lo) / 4096 in physical units
+            np.testing.assert_allclose(volume, expected, rtol=0, atol=(hi - lo) / 4096 * 1.01)
+            image = volume_to_nifti(volume, record, modality)
+            nib.save(image, str(tmp_path / f"{pid}_{modality}.nii.gz"))
+            back = nib.load(str(tmp_path / f"{pid}_{modality}.nii.gz"))
+            source_image = _source(folder, modality)
+            assert back.shape == source_image.shape
+            np.testing.assert_array_equal(back.affine, source_image.affine)
+            assert back.header.get_zooms() == source_image.header.get_zooms()
+            assert back.header.get_xyzt_units() == ("mm", "sec")
+        ctp = np.load(record.array_path("ctp"))
+        assert ctp.shape == (record.n_slices, N_T, *SIZE)
+        ctp_volume = place_slices(ctp.astype(np.float32) * 200.0, record)  # (X, Y, Z, T)
+        source_ctp = _source(folder, "ctp").get_fdata()
+        expected = np.where(inside[..., None], np.clip(source_ctp, 0, 200), 0)
+        np.testing.assert_allclose(ctp_volume, expected, atol=200 / 4096 * 1.01)
+        lesion = place_slices(np.load(record.array_path("lesion")), record)
+        np.testing.assert_array_equal(lesion > 0, (np.asarray(_source(folder, "lesion").dataobj) > 0) & inside)
+        assert record.has_lesion == bool(lesion.any())
+        assert record.lesion_voxels == [int(v) for v in np.load(record.array_path("lesion")).sum(axis=(1, 2))]
+
+    reference = load_reference(tmp_path / "npy")
+    assert reference.n_patients == 3
+    assert reference.dwi_range[1] == pytest.approx(np.median([r.dwi_range[1] for r in records.values()]))
+    assert json.loads((tmp_path / "npy" / INDEX_FILE).read_text())["size"] == list(SIZE)
+
+
+def test_crop_window_follows_the_brain():
+    mask = np.zeros((50, 20, 2), dtype=bool)
+    mask[30:44, 5:15] = True  # brain off-centre on a long X axis, inside a short Y axis
+    window, cuts = brain_window(mask, (20, 30))
+    assert window.crop == ((27, 47), (0, 20)) and window.pad == ((0, 0), (5, 5)) and not cuts
+    mask[:, :, 0] = False
+    mask[0:3, 5:15, 0] = True
+    assert brain_window(mask, (20, 30))[1]  # brain at both ends of X cannot fit 20 voxels
+
+
+def _bad_cohort(root, good):
+    """One good patient and one patient per rejection rule, each with its expected message."""
+    _write(root, good, "GOOD")
+    expected = {}
+    folder = _write(root, good, "NOCTP", maps=("dwi", "adc", "mask", "lesion"))
+    expected["NOCTP"] = "patient NOCTP: ctp.nii.gz is missing"
+    _write(root, good, "PARTIAL", maps=("ctp", "dwi", "adc", "mask"))
+    expected["PARTIAL"] = "patient PARTIAL: incomplete MRI set: lesion.nii.gz missing"
+    folder = _write(root, good, "CTP3D")
+    nib.save(nib.Nifti1Image(good.ctp[..., 0], good.affine), str(folder / "ctp.nii.gz"))
+    expected["CTP3D"] = "patient CTP3D: ctp.nii.gz is 3-D"
+    folder = _write(root, good, "T12")
+    nib.save(nib.Nifti1Image(good.ctp[..., :12], good.affine), str(folder / "ctp.nii.gz"))
+    expected["T12"] = "patient T12: ctp.nii.gz has 12 time points, expected 15"
+    folder = _write(root, good, "SHAPE")
+    nib.save(nib.Nifti1Image(good.adc[:, :, :-1], good.affine), str(folder / "adc.nii.gz"))
+    expected["SHAPE"] = "patient SHAPE: adc.nii.gz has shape"
+    folder = _write(root, good, "AFFINE")
+    shifted = good.affine.copy()
+    shifted[0, 3] += 2.0
+    nib.save(nib.Nifti1Image(good.lesion, shifted), str(folder / "lesion.nii.gz"))
+    expected["AFFINE"] = "patient AFFINE: lesion.nii.gz affine differs from dwi.nii.gz's by up to 2"
+    folder = _write(root, good, "NAN")
+    dwi = good.dwi.copy()
+    dwi[3, 4, 1] = np.nan
+    nib.save(nib.Nifti1Image(dwi, good.affine), str(folder / "dwi.nii.gz"))
+    expected["NAN"] = "patient NAN: dwi.nii.gz has 1 NaN/inf values"
+    folder = _write(root, good, "EMPTY")
+    nib.save(nib.Nifti1Image(np.zeros_like(good.mask), good.affine), str(folder / "mask.nii.gz"))
+    expected["EMPTY"] = "patient EMPTY: mask.nii.gz is empty"
+    return expected
+
+
+def test_each_bad_input_is_rejected_with_its_message_and_leaves_no_output(tmp_path, patients):
+    raw, out = tmp_path / "raw", tmp_path / "npy"
+    expected = _bad_cohort(raw, patients[0])
+    (out / "T12").mkdir(parents=True)  # output of an earlier run: stale once the patient fails
+    (out / "T12" / "ctp.npy").write_bytes(b"old")
+    with pytest.raises(CohortError) as error:
+        preprocess_cohort(raw, out, size=SIZE, progress=False)
+    failures = error.value.summary.failures
+    assert sorted(failures) == sorted(expected)
+    for pid, message in expected.items():
+        assert failures[pid].startswith(message), failures[pid]
+        assert "\n" not in failures[pid]
+    assert sorted(p.name for p in out.iterdir()) == ["GOOD", INDEX_FILE, REFERENCE_FILE]
+    index = json.loads((out / INDEX_FILE).read_text())
+    assert list(index["patients"]) == ["GOOD"] and sorted(index["failed"]) == sorted(expected)
+
+    # --skip-bad: same output, exit 0; without it exit 1; both print the failures.
+    assert main(["--input_dir", str(raw), "--output_dir", str(tmp_path / "cli"), "--size", "32", "32",
+                 "--skip-bad", "--workers", "2"]) == 0
+    assert sorted(load_index(tmp_path / "cli")) == ["GOOD"]
+    assert main(["--input_dir", str(raw), "--output_dir", str(tmp_path / "cli"), "--size", "32", "32"]) == 1
+    assert main(["--input_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "x")]) == 2
+
+
+def test_runs_as_a_script_path(tmp_path, patients, repo_root):
+    _write(tmp_path / "raw", patients[1])
+    done = subprocess.run([sys.executable, "ldm/data/preprocessing.py", "--input_dir", str(tmp_path / "raw"),
+                           "--output_dir", str(tmp_path / "npy"), "--size", "32", "32"],
+                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "preprocessed 1/1 patients" in done.stdout
+    assert list(load_index(tmp_path / "npy")) == ["P001"]
+
+
+def test_derived_brain_mask_matches_the_true_mask(patients):
+    p = patients[0]
+    derived = derive_brain_mask(p.ctp)
+    truth = p.mask.astype(bool)
+    dice = 2 * (derived & truth).sum() / (derived.sum() + truth.sum())
+    assert dice > 0.95
+    air = np.full((8, 8, 2, 4), -1000, dtype=np.int16)
+    assert not derive_brain_mask(air).any()
+
+
+def test_ctp_only_patients_with_and_without_mask_use_the_training_reference(tmp_path, patients):
+    raw_train, raw_new = tmp_path / "raw_train", tmp_path / "raw_new"
+    for p in patients[:2]:
+        _write(raw_train, p)
+    _write(raw_new, patients[2], "WITHMASK", maps=("ctp", "mask"))
+    _write(raw_new, patients[2], "NOMASK", maps=("ctp",))
+    preprocess_cohort(raw_train, tmp_path / "train", size=SIZE, progress=False)
+
+    summary = preprocess_cohort(raw_new, tmp_path / "new", size=SIZE, reference_dir=tmp_path / "train", progress=False)
+    records = load_index(tmp_path / "new")
+    assert not records["WITHMASK"].has_mri and records["WITHMASK"].mask_source == "given"
+    assert records["NOMASK"].mask_source == "derived from ctp"
+    assert records["WITHMASK"].dwi_range is None
+    assert sorted(p.name for p in (tmp_path / "new" / "NOMASK").iterdir()) == ["ctp.npy", "mask.npy", "record.json"]
+    train_reference = load_reference(tmp_path / "train")
+    assert load_reference(tmp_path / "new").dwi_range == train_reference.dwi_range
+    assert summary.reference.adc_range == train_reference.adc_range
+
+    record = records["WITHMASK"]
+    mask = np.load(record.array_path("mask"))
+    synthetic = np.where(mask > 0, 0.5, -1.0).astype(np.float32)  # mid-grey wherever there is brain
+    with pytest.raises(ValueError, match="patient WITHMASK has no ADC constants"):
+        slices_to_volume(synthetic, record, "adc")
+    lo, hi = train_reference.adc_range
+    for reference in (train_reference, tmp_path / "train", load_index(tmp_path / "train")):
+        volume = slices_to_volume(synthetic, record, "adc", reference=reference)
+        true_mask = np.asarray(_source(raw_new / "WITHMASK", "mask").dataobj) > 0
+        assert volume.shape == record.source_shape
+        np.testing.assert_allclose(volume[true_mask], lo + 0.75 * (hi - lo), rtol=1e-5)
+        assert (volume[~true_mask] == 0).all()
