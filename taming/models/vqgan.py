@@ -104,16 +104,23 @@ class VQModel(pl.LightningModule):
         load_autoencoder_weights(self, path, ignore_keys)
 
     # -- the autoencoder ---------------------------------------------------------------------
+    # encode/decode are the public API (VQModelInterface redefines them for the LDM); the round trip
+    # of training, validation and log_images uses the quantised path below in either class.
+    def _encode_quantized(self, x: torch.Tensor):
+        return self.quantize(self.quant_conv(self.encoder(x)))
+
+    def _decode_quantized(self, quant: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(quant))
+
     def encode(self, x: torch.Tensor):
         """x -> (quant, codebook loss, (perplexity, None, indices))."""
-        h = self.quant_conv(self.encoder(x))
-        return self.quantize(h)
+        return self._encode_quantized(x)
 
     def encode_to_prequant(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant_conv(self.encoder(x))
 
     def decode(self, quant: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(quant))
+        return self._decode_quantized(quant)
 
     def decode_code(self, code_b: torch.Tensor) -> torch.Tensor:
         """Code indices (B, h, w) -> images."""
@@ -121,11 +128,11 @@ class VQModel(pl.LightningModule):
             raise ValueError(f"decode_code expects code indices (B, h, w), got {tuple(code_b.shape)}")
         b, h, w = code_b.shape
         quant = self.quantize.get_codebook_entry(code_b.reshape(-1), (b, h, w, self.embed_dim))
-        return self.decode(quant)
+        return self._decode_quantized(quant)
 
     def forward(self, input: torch.Tensor, return_pred_indices: bool = False):
-        quant, diff, (_, _, ind) = self.encode(input)
-        dec = self.decode(quant)
+        quant, diff, (_, _, ind) = self._encode_quantized(input)
+        dec = self._decode_quantized(quant)
         return (dec, diff, ind) if return_pred_indices else (dec, diff)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
