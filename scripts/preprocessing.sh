@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Step 0 of the pipeline, as in the reference release: NIfTI cohort -> NPY slices + index.json.
+#
+#   bash scripts/preprocessing.sh
+#   RAW=data/raw NPY=data/npy SIZE="192 224" WORKERS=4 bash scripts/preprocessing.sh
+#
+# RAW holds <split>/<patient_id>/{ctp,dwi,adc,mask,lesion}.nii.gz (DESIGN.md). The training split
+# is done first: it stores the cohort reference constants (reference.json) that val/test/clinical
+# reuse through --reference (CTP-only patients get their MRI intensity scale from them).
+# EXTRA="--skip-bad" keeps going with exit code 0 when some patients are rejected.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python}
+RAW=${RAW:-data/raw}
+NPY=${NPY:-data/npy}
+SIZE=${SIZE:-"192 224"}
+WORKERS=${WORKERS:-1}
+EXTRA=${EXTRA:-}
+
+# shellcheck disable=SC2086  # SIZE and EXTRA are word lists on purpose
+"$PYTHON" ldm/data/preprocessing.py --input_dir "$RAW/train" --output_dir "$NPY/train" \
+    --size $SIZE --workers "$WORKERS" $EXTRA
+for split in val test clinical; do
+    if [ -d "$RAW/$split" ]; then
+        # shellcheck disable=SC2086
+        "$PYTHON" ldm/data/preprocessing.py --input_dir "$RAW/$split" --output_dir "$NPY/$split" \
+            --size $SIZE --workers "$WORKERS" --reference "$NPY/train" $EXTRA
+    fi
+done
