@@ -64,14 +64,17 @@ def synthesize_dwi_adc(rng: np.random.Generator, fractions: dict[str, np.ndarray
 
     bias = np.ones(brain.shape, dtype=np.float32)
     for wave, phase, amplitude in zip(patient.bias_waves, patient.bias_phases, patient.bias_amplitudes):
-        bias += np.float32(amplitude) * np.cos(np.einsum("i,i...->...", wave.astype(np.float32), mni) + np.float32(phase))
+        phase_map = np.einsum("i,i...->...", wave.astype(np.float32), mni) + np.float32(phase)
+        bias += np.float32(amplitude) * np.cos(phase_map)
 
     safe = np.maximum(s0, 1e-6)
     adc = -np.log(np.maximum(s_b, 1e-9) / safe) / (B_VALUE * ADC_UNIT)
-    adc = np.maximum(adc + rng.standard_normal(brain.shape, dtype=np.float32) * np.float32(patient.adc_noise * noise_scale), 0.0)
+    adc_noise = rng.standard_normal(brain.shape, dtype=np.float32) * np.float32(patient.adc_noise * noise_scale)
+    adc = np.maximum(adc + adc_noise, 0.0)
 
     dwi = patient.gain * bias * s_b
-    sigma = np.float32(noise_scale * patient.gain * patient.dwi_noise * 0.95 * np.exp(-B_VALUE * ADC_UNIT * TISSUE["wm"][1]))
+    white_matter_dwi = TISSUE["wm"][0] * np.exp(-B_VALUE * ADC_UNIT * TISSUE["wm"][1])
+    sigma = np.float32(noise_scale * patient.gain * patient.dwi_noise * white_matter_dwi)
     real = dwi + rng.standard_normal(brain.shape, dtype=np.float32) * sigma
     imaginary = rng.standard_normal(brain.shape, dtype=np.float32) * sigma
     dwi = np.sqrt(real * real + imaginary * imaginary)

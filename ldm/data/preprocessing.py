@@ -55,7 +55,8 @@ class CohortError(RuntimeError):
     """Some patients failed (the others were written); ``summary`` has the details."""
 
     def __init__(self, summary: "PreprocessSummary") -> None:
-        super().__init__(f"{len(summary.failures)} of {summary.n_patients} patients failed:\n" + summary.failure_lines())
+        super().__init__(f"{len(summary.failures)} of {summary.n_patients} patients failed:\n"
+                         + summary.failure_lines())
         self.summary = summary
 
 

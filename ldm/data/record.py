@@ -160,7 +160,8 @@ def load_index(root: str | Path) -> dict[str, PatientRecord]:
     if index.get("version") != INDEX_VERSION:
         raise ValueError(f"{str(path)!r} has index version {index.get('version')!r}, expected {INDEX_VERSION}: "
                          "preprocess the split again")
-    return {pid: PatientRecord.from_json(data, (root / pid).resolve()) for pid, data in sorted(index["patients"].items())}
+    patients = sorted(index["patients"].items())
+    return {pid: PatientRecord.from_json(data, (root / pid).resolve()) for pid, data in patients}
 
 
 def load_reference(path: str | Path) -> CohortReference:

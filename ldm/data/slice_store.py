@@ -35,7 +35,8 @@ class SliceStore:
             try:
                 arrays[name] = np.load(path, mmap_mode="r")
             except FileNotFoundError:
-                raise FileNotFoundError(f"patient {patient_id}: {path} is missing; preprocess the split again") from None
+                raise FileNotFoundError(f"patient {patient_id}: {path} is missing; "
+                                        "preprocess the split again") from None
             if arrays[name].shape[0] != record.n_slices:
                 raise ValueError(f"patient {patient_id}: {path.name} has {arrays[name].shape[0]} slices, "
                                  f"the index says {record.n_slices}; preprocess the split again")

@@ -14,7 +14,6 @@ says so). Each patient gets lesions (``lesion_model.py``), a 15-point CTP bolus 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
