@@ -37,7 +37,8 @@ def get_parser() -> argparse.ArgumentParser:
                         "validation data_root)")
     p.add_argument("--reference", default=None,
                    help="preprocessed training split whose cohort reference values give the DWI/ADC "
-                        "intensity scale of CTP-only patients (default: the run's train data_root if it exists)")
+                        "intensity scale of CTP-only patients (default: the run's train data_root if it "
+                        "exists, else the data's own reference.json)")
     p.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
                    help="in-plane size for preprocessing a raw cohort (default: the model's input size)")
     p.add_argument("--patients", nargs="+", default=None, help="sample only these patients")
@@ -76,7 +77,8 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
 
     from ldm.config import parse_overrides
     from ldm.data.record import load_index
-    from ldm.inference.data_source import configured_data_root, model_input_size, preprocessed_data
+    from ldm.inference.data_source import (configured_data_root, load_cohort_reference, model_input_size,
+                                           model_timepoints, preprocessed_data, reference_source)
     from ldm.inference.run_loading import choose_device, load_model, load_run_config, resolve_run
     from ldm.inference.slice_sampler import make_slice_sampler
     from ldm.inference.volume_sampler import sample_cohort
@@ -95,11 +97,7 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
     data = opt.data or configured_data_root(config, ("test", "validation"))
     if not data:
         raise ConfigError("no --data given and the run's config names no test or validation data_root")
-    reference = opt.reference or configured_data_root(config, ("train",))
-    if reference and not Path(reference).is_dir():
-        if opt.reference:
-            raise ConfigError(f"--reference {opt.reference!r} is not a folder")
-        reference = None  # the training data need not exist where one samples
+    reference_path = reference_source(opt.reference, config)
     if opt.outdir:
         outdir = Path(opt.outdir)
     elif run_files.logdir is not None:
@@ -117,9 +115,16 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
     ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
     print(f"model {config.model.target} from {run_files.checkpoint} ({ema} weights) on {device}")
     size = tuple(opt.size) if opt.size else model_input_size(config)
-    with preprocessed_data(data, size, reference, opt.workers) as data_root:
-        records = load_index(data_root)
-        reference_index = load_index(reference) if reference else None
+    with preprocessed_data(data, size, reference_path, opt.workers, model_timepoints(config)) as data_root:
+        try:
+            records = load_index(data_root)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e)) from e
+        reference = load_cohort_reference(reference_path, data_root)
+        ctp_only = [p for p in (opt.patients or records) if p in records and not records[p].has_mri]
+        if ctp_only:
+            where = reference.source if reference is not None else "none: they will fail (give --reference)"
+            print(f"{len(ctp_only)} CTP-only patient(s): DWI/ADC scale from the cohort reference ({where})")
         print(f"sampling {len(opt.patients or records)} patient(s) of {data}: {opt.n_samples} sample(s), "
               f"{opt.steps} DDIM steps, eta {opt.eta}, batch {opt.batch_size} -> {outdir}")
         outdir.mkdir(parents=True, exist_ok=True)
@@ -127,8 +132,7 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
         with torch.inference_mode():
             report = sample_cohort(sampler, data_root, outdir, records, n_samples=opt.n_samples,
                                    batch_size=opt.batch_size, seed=opt.seed, eta=opt.eta, patients=opt.patients,
-                                   reference=reference_index, n_slices=lambda r: len(r.slice_indices),
-                                   progress=not opt.no_progress)
+                                   reference=reference, progress=not opt.no_progress)
     if report.skipped:
         print(f"skipped {len(report.skipped)} patient(s) already sampled: {', '.join(report.skipped)}")
     print(f"wrote {len(report.written)} patient(s), {report.n_slices} slice(s) in {time.time() - start:.1f} s "

@@ -8,7 +8,7 @@ import numpy as np
 from ldm.evaluation import metrics
 from ldm.evaluation.intensity import percentile_window, to_unit_range
 from ldm.evaluation.ms_ssim import ScaleSet
-from ldm.evaluation.volumes import GroundTruth
+from ldm.evaluation.volumes import EvaluationInputError, GroundTruth
 
 METRICS = ("mae", "lesion_mae", "psnr", "ms_ssim")
 
@@ -22,6 +22,9 @@ def unit_range_pair(gt: GroundTruth, modality: str, prediction: np.ndarray) -> t
     """Ground truth and prediction mapped to [0, 1] with the ground truth's window (see intensity.py)."""
     reference = getattr(gt, modality)
     window = percentile_window(reference, gt.mask)
+    if not window[1] > window[0]:
+        raise EvaluationInputError(f"patient {gt.patient_id}: ground truth {modality}.nii.gz is constant inside the "
+                                   f"brain mask (percentile window {window[0]:.4g}..{window[1]:.4g})")
     return to_unit_range(reference, window, gt.mask), to_unit_range(prediction, window, gt.mask)
 
 

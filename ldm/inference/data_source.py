@@ -44,10 +44,53 @@ def model_input_size(config: DictConfig) -> tuple[int, int] | None:
     return sizes[0] * factor, sizes[1] * factor
 
 
+def reference_source(explicit: str | None, config: DictConfig) -> Path | None:
+    """Where CTP-only patients get their DWI/ADC scale: ``--reference``, else the run's training split.
+
+    DESIGN.md / preprocessing: the cohort reference (median percentile constants) of the *training*
+    split. Without either, a preprocessed split's own ``reference.json`` is used (see
+    :func:`load_cohort_reference`).
+    """
+    from ldm.data.record import REFERENCE_FILE
+
+    if explicit:
+        path = Path(explicit)
+        if not (path.is_file() or (path / REFERENCE_FILE).is_file()):
+            raise ConfigError(f"--reference {explicit!r}: no {REFERENCE_FILE} there (give the training split's "
+                              f"preprocessed folder or its {REFERENCE_FILE})")
+        return path
+    train = configured_data_root(config, ("train",))
+    if train and (Path(train) / REFERENCE_FILE).is_file():
+        return Path(train)
+    return None
+
+
+def load_cohort_reference(source: Path | None, data_root: Path):
+    """The CohortReference from ``source``, else from the data's own reference.json, else None."""
+    from ldm.data.record import REFERENCE_FILE, load_reference
+
+    for path in (source, data_root / REFERENCE_FILE):
+        if path is not None and (Path(path).is_file() or (Path(path) / REFERENCE_FILE).is_file()):
+            try:
+                return load_reference(path)
+            except (ValueError, KeyError) as e:
+                raise ConfigError(f"cohort reference {str(path)!r} could not be read: {e}") from e
+    return None
+
+
+def model_timepoints(config: DictConfig, default: int = 15) -> int:
+    """CTP time points the model takes (the SpatialRescaler's input channels)."""
+    value = OmegaConf.select(config, "model.params.cond_stage_config.params.in_channels", default=None)
+    return int(value) if value is not None else default
+
+
 @contextlib.contextmanager
 def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference: str | Path | None = None,
-                      workers: int = 1) -> Iterator[Path]:
-    """Yield a preprocessed split for ``data``: itself, or a temporary preprocessing of a raw cohort."""
+                      workers: int = 1, n_timepoints: int = 15) -> Iterator[Path]:
+    """Yield a preprocessed split for ``data``: itself, or a temporary preprocessing of a raw cohort.
+
+    Patients that preprocessing rejects are reported and left out (the others are sampled).
+    """
     data = Path(data)
     if not data.is_dir():
         raise ConfigError(f"--data {str(data)!r} is not a folder")
@@ -61,6 +104,13 @@ def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference:
 
     with tempfile.TemporaryDirectory(prefix="sample_ldm_") as tmp:
         print(f"preprocessing the raw cohort {data} at {size[0]} x {size[1]} into a temporary folder")
-        preprocess_cohort(str(data), tmp, size=tuple(size), workers=workers, skip_bad=True,
-                          reference_dir=None if reference is None else str(reference))
+        try:
+            summary = preprocess_cohort(str(data), tmp, size=tuple(size), workers=workers, skip_bad=True,
+                                        reference_dir=None if reference is None else str(reference),
+                                        n_timepoints=n_timepoints)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"--data {str(data)!r}: {e}") from e
+        print(summary)
+        if not summary.records:
+            raise ConfigError(f"--data {str(data)!r}: no patient could be preprocessed")
         yield Path(tmp)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def stable_seed(*parts: object) -> int:
@@ -18,7 +20,9 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def slice_noise(seed: int, patient_id: str, sample: int, slice_index: int, shape: Sequence[int]) -> torch.Tensor:
+def slice_noise(seed: int, patient_id: str, sample: int, slice_index: int, shape: Sequence[int]) -> "torch.Tensor":
     """Standard normal noise of ``shape`` for one slice (drawn on the CPU, float32)."""
+    import torch
+
     generator = torch.Generator(device="cpu").manual_seed(stable_seed(seed, patient_id, sample, slice_index))
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)

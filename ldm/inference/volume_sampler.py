@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ldm.data.record import CohortReference, PatientRecord
 from ldm.inference.seeding import slice_noise, stable_seed
 from ldm.io import atomic_save_nifti
 from ldm.util import ConfigError
@@ -45,7 +46,7 @@ class PatientSlices:
     patient_id: str
     slice_indices: list[int]
     ctp: torch.Tensor
-    record: object
+    record: PatientRecord
 
 
 @dataclass
@@ -55,28 +56,35 @@ class SamplingReport:
     n_slices: int = 0
 
 
-def load_patient_slices(data_root: str | Path, patient_id: str, record: object) -> PatientSlices:
-    """All kept slices of one patient from the preprocessed split, in source slice order."""
+def load_patient_slices(data_root: str | Path, patient_id: str, record: PatientRecord) -> PatientSlices:
+    """All kept slices of one patient from the preprocessed split, in the record's slice order."""
     from ldm.data.ctpdwi import CTPMRISlices
 
     dataset = CTPMRISlices(str(data_root), augment=False, patients=[patient_id])
-    items = sorted((dataset[i] for i in range(len(dataset))), key=lambda item: int(item["slice_index"]))
-    if not items:
-        raise ConfigError(f"patient {patient_id}: no slice in the preprocessed data {str(data_root)!r}")
+    items = [dataset[i] for i in range(len(dataset))]
     indices = [int(item["slice_index"]) for item in items]
+    if not items or indices != list(record.slice_indices):
+        raise ConfigError(f"patient {patient_id}: the preprocessed data {str(data_root)!r} has slices {indices}, "
+                          f"its index records {list(record.slice_indices)}")
     return PatientSlices(patient_id, indices, torch.stack([item["ctp"] for item in items]), record)
 
 
 def write_sample(outdir: str | Path, patient: PatientSlices, k: int, images: np.ndarray,
-                 reference: object | None = None) -> list[Path]:
-    """Put one sample's (S, 2, H, W) stack back into source space and write DWI and ADC atomically."""
+                 reference: CohortReference | None = None) -> list[Path]:
+    """Put one sample's (S, 2, H, W) stack back into source space and write DWI and ADC atomically.
+
+    ``reference`` (a CohortReference) gives the intensity scale of a CTP-only patient.
+    """
     from ldm.data.volume import slices_to_volume, volume_to_nifti
 
     paths = []
     for modality, channel in MODALITY_CHANNELS.items():
-        volume = slices_to_volume(images[:, channel], patient.record, modality, reference=reference)
+        try:
+            volume = slices_to_volume(images[:, channel], patient.record, modality, reference=reference)
+        except ValueError as e:  # e.g. a CTP-only patient and no cohort reference
+            raise ConfigError(str(e)) from e
         path = sample_path(outdir, patient.patient_id, modality, k)
-        atomic_save_nifti(volume_to_nifti(volume, patient.record), path)
+        atomic_save_nifti(volume_to_nifti(volume, patient.record, modality), path)
         paths.append(path)
     return paths
 
@@ -99,14 +107,14 @@ def _batches(items: Iterator, size: int) -> Iterator[list]:
         yield batch
 
 
-def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, records: dict, *,
+def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, records: dict[str, PatientRecord], *,
                   n_samples: int = 1, batch_size: int = 8, seed: int = 0, eta: float = 0.0,
-                  patients: Sequence[str] | None = None, reference: object | None = None,
-                  n_slices: Callable[[object], int] = len, progress: bool = True) -> SamplingReport:
-    """Sample ``n_samples`` volumes per patient of ``records`` ({patient_id: index record}).
+                  patients: Sequence[str] | None = None, reference: CohortReference | None = None,
+                  progress: bool = True) -> SamplingReport:
+    """Sample ``n_samples`` volumes per patient of ``records`` (``load_index(data_root)``).
 
-    ``sampler(ctp, noise)`` is a slice sampler (ldm.inference.slice_sampler); ``n_slices(record)``
-    gives a patient's number of kept slices (for the progress bar before anything is loaded).
+    ``sampler(ctp, noise)`` is a slice sampler (ldm.inference.slice_sampler); ``reference`` gives
+    CTP-only patients their intensity scale (see ldm.data.volume.slices_to_volume).
     """
     if n_samples < 1 or batch_size < 1:
         raise ConfigError(f"--n_samples and --batch_size must be at least 1, got {n_samples} and {batch_size}")
@@ -120,7 +128,7 @@ def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, 
             todo.append((pid, ks))
         else:
             report.skipped.append(pid)
-    total = sum(n_slices(records[pid]) * len(ks) for pid, ks in todo)
+    total = sum(records[pid].n_slices * len(ks) for pid, ks in todo)
     pending: dict[tuple[str, int], _Sample] = {}
     samples_left = {pid: len(ks) for pid, ks in todo}
 
