@@ -31,14 +31,16 @@ def percentile_range(volume: np.ndarray, mask: np.ndarray,
     return float(lo), float(hi)
 
 
-def scale_to_unit(volume: np.ndarray, lo: float, hi: float, dtype: np.dtype | type = np.float32) -> np.ndarray:
-    """``(clip(max(x, 0), lo, hi) - lo) / (hi - lo)`` in ``dtype``."""
+def scale_to_unit(volume: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``(clip(max(x, 0), lo, hi) - lo) / (hi - lo)`` as a new float32 array."""
     if not hi > lo:
         raise ValueError(f"empty intensity range [{lo}, {hi}]")
-    out = np.clip(np.maximum(volume, 0.0, dtype=np.float32), lo, hi)
+    out = np.array(volume, dtype=np.float32)
+    np.maximum(out, 0.0, out=out)
+    np.clip(out, lo, hi, out=out)
     out -= np.float32(lo)
     out *= np.float32(1.0 / (hi - lo))
-    return out.astype(dtype, copy=False)
+    return out
 
 
 def unit_to_physical(unit: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -39,8 +39,8 @@ if __package__ in (None, ""):  # run as a file path (as in the reference README)
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 from ldm.data.brain_mask import derive_brain_mask
-from ldm.data.cropping import brain_window
-from ldm.data.normalization import CTP_RANGE_HU, percentile_range
+from ldm.data.cropping import InPlaneWindow, brain_window
+from ldm.data.normalization import CTP_RANGE_HU, percentile_range, scale_to_unit
 from ldm.data.record import (INDEX_FILE, INDEX_VERSION, RECORD_FILE, REFERENCE_FILE, CohortReference,
                              PatientRecord, load_reference)
 from ldm.data.validation import PatientError, PatientVolumes, load_patient
@@ -96,23 +96,19 @@ class PreprocessSummary:
         return "\n".join(lines)
 
 
-def _scaled_stack(volume: np.ndarray, kept: np.ndarray, window, size: tuple[int, int], lo: float, hi: float,
-                  dtype=STORAGE_DTYPE) -> np.ndarray:
+def _scaled_stack(volume: np.ndarray, kept: np.ndarray, window: InPlaneWindow, size: tuple[int, int],
+                  lo: float, hi: float) -> np.ndarray:
     """(S, [C,] H, W) slices of ``volume`` (X, Y, Z[, C]) scaled to [0, 1], unmasked, zero padded."""
     sx, sy = window.source_slices
     tx, ty = window.target_slices
-    region = volume[sx, sy][:, :, kept].astype(np.float32)  # (h, w, S[, C])
-    np.maximum(region, 0.0, out=region)
-    np.clip(region, lo, hi, out=region)
-    region -= np.float32(lo)
-    region *= np.float32(1.0 / (hi - lo))
+    region = scale_to_unit(volume[sx, sy][:, :, kept], lo, hi)  # (h, w, S[, C])
     region = np.moveaxis(region, (0, 1), (-2, -1))  # (S[, C], h, w)
-    out = np.zeros((*region.shape[:-2], *size), dtype=dtype)
+    out = np.zeros((*region.shape[:-2], *size), dtype=STORAGE_DTYPE)
     out[..., tx, ty] = region
     return out
 
 
-def _mask_stack(mask: np.ndarray, kept: np.ndarray, window, size: tuple[int, int]) -> np.ndarray:
+def _mask_stack(mask: np.ndarray, kept: np.ndarray, window: InPlaneWindow, size: tuple[int, int]) -> np.ndarray:
     sx, sy = window.source_slices
     tx, ty = window.target_slices
     out = np.zeros((kept.size, *size), dtype=np.uint8)
@@ -142,7 +138,7 @@ def _build(volumes: PatientVolumes, size: tuple[int, int]) -> tuple[PatientRecor
         notes.append(f"patient {pid}: the {size[0]}x{size[1]} window crops brain voxels "
                      f"(source {volumes.ctp.shape[0]}x{volumes.ctp.shape[1]}, kept {window.crop})")
 
-    arrays = {"ctp": _scaled_stack(volumes.ctp, kept, window, size, *CTP_RANGE_HU),  # (S, X, Y, T) -> (S, T, H, W)
+    arrays = {"ctp": _scaled_stack(volumes.ctp, kept, window, size, *CTP_RANGE_HU),  # (S, T, H, W)
               "mask": _mask_stack(mask, kept, window, size)}
     dwi_range = adc_range = None
     lesion_voxels: list[int] = []
