@@ -31,8 +31,8 @@ def percentile_range(volume: np.ndarray, mask: np.ndarray,
     return float(lo), float(hi)
 
 
-def scale_to_unit(volume: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``(clip(max(x, 0), lo, hi) - lo) / (hi - lo)`` as a new float32 array."""
+def scale_to_unit(volume: np.ndarray, lo: float, hi: float, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """``(clip(max(x, 0), lo, hi) - lo) / (hi - lo)`` as a new array (computed in float32)."""
     if not hi > lo:
         raise ValueError(f"empty intensity range [{lo}, {hi}]")
     out = np.array(volume, dtype=np.float32)
@@ -40,7 +40,7 @@ def scale_to_unit(volume: np.ndarray, lo: float, hi: float) -> np.ndarray:
     np.clip(out, lo, hi, out=out)
     out -= np.float32(lo)
     out *= np.float32(1.0 / (hi - lo))
-    return out
+    return out.astype(dtype, copy=False)
 
 
 def unit_to_physical(unit: np.ndarray, lo: float, hi: float) -> np.ndarray:
