@@ -211,8 +211,9 @@ def summarize(out_dir: str | Path) -> str:
         free = sum(p["lesion_ml"] == 0 for p in patients.values())
         volumes = [p["lesion_ml"] for p in patients.values() if p["lesion_ml"] > 0]
         mean = f"{np.mean(volumes):.1f} ml" if volumes else "-"
+        hidden = " (CTP-only: the lesions are simulated, not written)" if split == "clinical" else ""
         lines.append(f"{split}: {len(patients)} patients ({free} without lesion), {lesion}/{brain} brain slices "
-                     f"with lesion ({100.0 * lesion / max(brain, 1):.1f}%), mean lesion volume {mean}")
+                     f"with lesion ({100.0 * lesion / max(brain, 1):.1f}%), mean lesion volume {mean}{hidden}")
     return "\n".join(lines)
 
 
