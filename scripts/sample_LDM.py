@@ -11,7 +11,7 @@ geometry (same shape and affine as the source volumes, physical units, zero outs
 mask), atomically, skipping samples that already exist (a second run resumes). EMA weights are used
 when the checkpoint has them. Each slice's initial noise is seeded by (seed, patient, k, slice),
 so with ``--eta 0`` (deterministic DDIM) the volumes do not depend on --batch_size; with eta > 0
-DDIM's per-step noise is seeded per batch, reproducible only for the same --batch_size.
+DDIM's per-step noise is seeded per batch: reproducible for the same --batch_size only.
 Mistakes on the command line or in configs end with one line and exit code 2.
 """
 from __future__ import annotations
@@ -115,7 +115,8 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
     ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
     print(f"model {config.model.target} from {run_files.checkpoint} ({ema} weights) on {device}")
     size = tuple(opt.size) if opt.size else model_input_size(config)
-    with preprocessed_data(data, size, reference_path, opt.workers, model_timepoints(config)) as data_root:
+    with preprocessed_data(data, size, reference_path, opt.workers, model_timepoints(config),
+                           opt.patients) as data_root:
         try:
             records = load_index(data_root)
         except (FileNotFoundError, ValueError) as e:
@@ -131,7 +132,7 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
         atomic_write_json(outdir / SETTINGS_FILE, settings)
         with torch.inference_mode():
             report = sample_cohort(sampler, data_root, outdir, records, n_samples=opt.n_samples,
-                                   batch_size=opt.batch_size, seed=opt.seed, eta=opt.eta, patients=opt.patients,
+                                   batch_size=opt.batch_size, seed=opt.seed, patients=opt.patients,
                                    reference=reference, progress=not opt.no_progress)
     if report.skipped:
         print(f"skipped {len(report.skipped)} patient(s) already sampled: {', '.join(report.skipped)}")

@@ -28,6 +28,16 @@ AFFINE = np.array([[0.98, -0.17, 0.0, -20.5],
                    [0.0, 0.0, 0.0, 1.0]])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on the shared, oversubscribed 2-core test machine OpenMP spin-waiting
+    makes two-thread convolutions of these tiny tensors ~40x slower than one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def write_raw_patient(folder: Path, seed: int, ctp_only: bool = False) -> dict:
     rng = np.random.default_rng(seed)
     x, y = np.meshgrid(np.arange(SOURCE_SHAPE[0]), np.arange(SOURCE_SHAPE[1]), indexing="ij")
@@ -66,7 +76,7 @@ class FakeSliceSampler:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, ctp, noise):
+    def __call__(self, ctp, noise, step_seed=None):
         x_T = noise((3, ctp.shape[-2] // 4, ctp.shape[-1] // 4))
         self.calls.append(ctp.shape[0])
         up = F.interpolate(x_T[:, :2], size=ctp.shape[-2:], mode="nearest")
@@ -200,10 +210,10 @@ def test_interrupted_sampling_keeps_finished_samples(cohort, tmp_path):
     n_first = load_index(npy)["P001"].n_slices
 
     class Failing(FakeSliceSampler):
-        def __call__(self, ctp, noise):
+        def __call__(self, ctp, noise, step_seed=None):
             if sum(self.calls) >= n_first:
                 raise RuntimeError("CUDA out of memory (simulated)")
-            return super().__call__(ctp, noise)
+            return super().__call__(ctp, noise, step_seed)
 
     with pytest.raises(RuntimeError, match="simulated"):
         run(npy, tmp_path, Failing(), batch_size=n_first, seed=0)

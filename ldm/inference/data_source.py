@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -86,11 +86,10 @@ def model_timepoints(config: DictConfig, default: int = 15) -> int:
 
 @contextlib.contextmanager
 def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference: str | Path | None = None,
-                      workers: int = 1, n_timepoints: int = 15) -> Iterator[Path]:
-    """Yield a preprocessed split for ``data``: itself, or a temporary preprocessing of a raw cohort.
-
-    Patients that preprocessing rejects are reported and left out (the others are sampled).
-    """
+                      workers: int = 1, n_timepoints: int = 15,
+                      patients: Sequence[str] | None = None) -> Iterator[Path]:
+    """Yield a preprocessed split for ``data``: itself, or a temporary preprocessing of a raw cohort
+    (only of ``patients`` when given). Patients that preprocessing rejects are reported and left out."""
     data = Path(data)
     if not data.is_dir():
         raise ConfigError(f"--data {str(data)!r} is not a folder")
@@ -103,9 +102,19 @@ def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference:
     from ldm.data.preprocessing import preprocess_cohort
 
     with tempfile.TemporaryDirectory(prefix="sample_ldm_") as tmp:
+        source = data
+        if patients:
+            missing = [p for p in patients if not (data / p).is_dir()]
+            if missing:
+                raise ConfigError(f"patient {missing[0]} is not in the raw cohort {str(data)!r}")
+            source = Path(tmp) / "selected"  # links to the chosen patient folders only
+            source.mkdir()
+            for pid in patients:
+                (source / pid).symlink_to((data / pid).resolve(), target_is_directory=True)
         print(f"preprocessing the raw cohort {data} at {size[0]} x {size[1]} into a temporary folder")
         try:
-            summary = preprocess_cohort(str(data), tmp, size=tuple(size), workers=workers, skip_bad=True,
+            summary = preprocess_cohort(str(source), Path(tmp) / "preprocessed", size=tuple(size), workers=workers,
+                                        skip_bad=True,
                                         reference_dir=None if reference is None else str(reference),
                                         n_timepoints=n_timepoints)
         except (FileNotFoundError, ValueError) as e:
@@ -113,4 +122,4 @@ def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference:
         print(summary)
         if not summary.records:
             raise ConfigError(f"--data {str(data)!r}: no patient could be preprocessed")
-        yield Path(tmp)
+        yield Path(tmp) / "preprocessed"

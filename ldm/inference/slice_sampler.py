@@ -3,8 +3,9 @@
 The conditional LDM concatenates the rescaled CTP c~ with z_t, so the latent has c~'s spatial size
 and ``model.channels`` channels. DDIM (Song et al., 2021) starts from the x_T it is given: with
 eta = 0 the result is a deterministic function of (CTP, x_T), hence of the per-slice seeds. With
-eta > 0 DDIM also draws fresh noise at every step from torch's global generator; it is seeded once
-per batch, so a run is reproducible for a fixed batch size but then depends on the batching.
+eta > 0 DDIM also draws fresh noise at every step for the whole batch from one generator; it is
+seeded per batch (``step_seed``), so such a run is reproducible for a fixed batch size but depends
+on the batching.
 
 Another model family (e.g. a Brownian bridge) plugs in by giving its model a
 ``make_slice_sampler(steps, eta)`` method that returns a callable with the same signature as
@@ -42,13 +43,17 @@ class DDIMSliceSampler:
         return contextlib.nullcontext()
 
     @torch.inference_mode()
-    def __call__(self, ctp: torch.Tensor, noise: NoiseFn) -> torch.Tensor:
-        """``noise(shape)`` returns the (B, *shape) x_T for this batch, shape = (C, h, w) of the latent."""
+    def __call__(self, ctp: torch.Tensor, noise: NoiseFn, step_seed: int | None = None) -> torch.Tensor:
+        """``noise(shape)`` returns the (B, *shape) x_T for this batch, shape = (C, h, w) of the latent;
+        ``step_seed`` seeds DDIM's per-step noise when eta > 0."""
         cond = self.model.get_learned_conditioning(ctp.to(self.device))
         shape = (int(self.model.channels), *cond.shape[-2:])
         x_T = noise(shape).to(self.device)
+        extra = {}
+        if self.eta > 0 and step_seed is not None:
+            extra["noise_generator"] = torch.Generator(device=self.device).manual_seed(step_seed)
         latents, _ = self.sampler.sample(S=self.steps, batch_size=ctp.shape[0], shape=shape,
-                                         conditioning=cond, eta=self.eta, x_T=x_T, verbose=False)
+                                         conditioning=cond, eta=self.eta, x_T=x_T, verbose=False, **extra)
         # the decoder can overshoot slightly; the inverse normalisation is defined on [-1, 1]
         return self.model.decode_first_stage(latents).clamp(-1.0, 1.0)
 

@@ -108,12 +108,14 @@ def _batches(items: Iterator, size: int) -> Iterator[list]:
 
 
 def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, records: dict[str, PatientRecord], *,
-                  n_samples: int = 1, batch_size: int = 8, seed: int = 0, eta: float = 0.0,
+                  n_samples: int = 1, batch_size: int = 8, seed: int = 0,
                   patients: Sequence[str] | None = None, reference: CohortReference | None = None,
                   progress: bool = True) -> SamplingReport:
     """Sample ``n_samples`` volumes per patient of ``records`` (``load_index(data_root)``).
 
-    ``sampler(ctp, noise)`` is a slice sampler (ldm.inference.slice_sampler); ``reference`` gives
+    ``sampler(ctp, noise, step_seed)`` is a slice sampler (ldm.inference.slice_sampler); x_T comes
+    from ``noise`` per slice, ``step_seed`` (for samplers that draw noise at every step) is derived
+    from the batch's first slice. ``reference`` gives
     CTP-only patients their intensity scale (see ldm.data.volume.slices_to_volume).
     """
     if n_samples < 1 or batch_size < 1:
@@ -152,10 +154,9 @@ def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, 
                 return torch.stack([slice_noise(seed, s.patient.patient_id, k, s.patient.slice_indices[j], shape)
                                     for s, k, j in entries])
 
-            if eta > 0:  # DDIM's per-step noise comes from the global generator (see slice_sampler.py)
-                first, k0, j0 = entries[0]
-                torch.manual_seed(stable_seed(seed, "eta", first.patient.patient_id, k0, j0))
-            images = sampler(ctp, noise).float().cpu().numpy()
+            first, k0, j0 = entries[0]
+            step_seed = stable_seed(seed, "steps", first.patient.patient_id, k0, first.patient.slice_indices[j0])
+            images = sampler(ctp, noise, step_seed=step_seed).float().cpu().numpy()
             for (s, k, j), image in zip(entries, images):
                 s.images[j] = image
                 s.left -= 1

@@ -1,0 +1,196 @@
+"""scripts/sample_LDM.py end to end with a tiny, untrained LatentDiffusion saved as a run directory:
+source geometry, CTP-only patients, batch-size independence with DDIM eta = 0, EMA weights,
+resuming, and one-line errors."""
+import copy
+import importlib.util
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ldm.data.preprocessing import preprocess_cohort
+from ldm.util import instantiate_from_config
+from tests.test_sampling import AFFINE, SIZE, SOURCE_SHAPE, write_raw_patient
+
+ROOT = Path(__file__).resolve().parents[1]
+EMA_PREFIX = "model_ema."
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on the shared, oversubscribed 2-core test machine OpenMP spin-waiting
+    makes two-thread convolutions of these tiny tensors ~40x slower than one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("sample_ldm_script", ROOT / "scripts" / "sample_LDM.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sample_script = _load_script()
+
+
+def tiny_config(data_root: Path) -> dict:
+    return {
+        "model": {
+            "base_learning_rate": 1e-4,
+            "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+            "params": {
+                "timesteps": 20, "linear_start": 0.0015, "linear_end": 0.0195, "image_size": [8, 8],
+                "channels": 3, "cond_stage_trainable": True, "conditioning_key": "concat", "use_ema": True,
+                "first_stage_key": "mri", "cond_stage_key": "ctp", "monitor": "val/loss_simple_ema",
+                "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
+                    "image_size": [8, 8], "in_channels": 18, "out_channels": 3, "model_channels": 32,
+                    "attention_resolutions": [2], "num_res_blocks": 1, "channel_mult": [1, 2],
+                    "num_head_channels": 16}},
+                "first_stage_config": {"target": "ldm.models.autoencoder.VQModelInterface", "params": {
+                    "embed_dim": 3, "n_embed": 16,
+                    "ckpt_path": "/nonexistent/stage1/last.ckpt",  # the LDM checkpoint has these weights
+                    "ddconfig": {"double_z": False, "z_channels": 3, "resolution": SIZE[0], "in_channels": 2,
+                                 "out_ch": 2, "ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1,
+                                 "attn_resolutions": [], "dropout": 0.0},
+                    "lossconfig": {"target": "torch.nn.Identity"}}},
+                "cond_stage_config": {"target": "ldm.modules.encoders.modules.SpatialRescaler", "params": {
+                    "n_stages": 2, "in_channels": 15, "out_channels": 15, "bias": False}},
+            },
+        },
+        "data": {"target": "ldm.data.datamodule.DataModuleFromConfig", "params": {
+            "batch_size": 2, "num_workers": 0,
+            "train": {"target": "ldm.data.ctpdwi.CTPMRISlices", "params": {"data_root": str(data_root)}},
+            "test": {"target": "ldm.data.ctpdwi.CTPMRISlices", "params": {"data_root": str(data_root)}}}},
+    }
+
+
+def build_model(config: dict):
+    model_cfg = copy.deepcopy(config["model"])
+    model_cfg["params"]["first_stage_config"]["params"]["ckpt_path"] = None
+    return instantiate_from_config(model_cfg)
+
+
+def save_run(run_dir: Path, config: dict, state_dict: dict) -> Path:
+    (run_dir / "configs").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    OmegaConf.save(OmegaConf.create(config), run_dir / "configs" / "2025-01-01T00-00-00-project.yaml")
+    torch.save({"state_dict": state_dict, "global_step": 0}, run_dir / "checkpoints" / "last.ckpt")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ldm_run")
+    raw = root / "raw"
+    write_raw_patient(raw / "P001", 1)
+    write_raw_patient(raw / "P003", 3, ctp_only=True)
+    npy = root / "npy"  # a "training split" of the run: gives the cohort reference
+    write_raw_patient(root / "raw_train" / "P010", 10)
+    preprocess_cohort(root / "raw_train", npy, size=SIZE, progress=False)
+    config = tiny_config(npy)
+    torch.manual_seed(0)
+    model = build_model(config)
+    state = model.state_dict()
+    g = torch.Generator().manual_seed(1)
+    for key in state:  # EMA weights that differ from the raw ones, so that using them shows
+        if key.startswith(EMA_PREFIX) and state[key].is_floating_point() and state[key].dim() > 0:
+            state[key] = state[key] + 0.05 * torch.randn(state[key].shape, generator=g)
+    run = save_run(root / "logs" / "2025-01-01T00-00-00_tiny", config, state)
+    return root, raw, npy, run, model, state, config
+
+
+def sample(run, raw, out, *extra):
+    return sample_script.main(["-r", str(run), "--data", str(raw), "--outdir", str(out), "--steps", "3",
+                               "--seed", "1", "--device", "cpu", "--no_progress", *extra])
+
+
+def error_line(stderr: str) -> str:
+    """The one error line of a failed run (progress bars also write to stderr)."""
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("sample_LDM.py: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    return errors[0]
+
+
+def volumes(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): np.asarray(nib.load(str(p)).dataobj)
+            for p in sorted(folder.rglob("*.nii.gz"))}
+
+
+def test_raw_cohort_to_source_space_independent_of_batch_size(setup, tmp_path, capsys, monkeypatch):
+    root, raw, npy, run, *_ = setup
+    scratch = tmp_path / "scratch"  # where the on-the-fly preprocessing goes
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert sample(run, raw, tmp_path / "b1", "--batch_size", "1", "--size", *map(str, SIZE)) == 0
+    out = capsys.readouterr().out
+    assert "EMA" in out and "1 CTP-only patient(s)" in out and str(npy) in out
+    assert sample(run, raw, tmp_path / "b3", "--batch_size", "3", "--n_samples", "2") == 0  # size from config
+    one, three = volumes(tmp_path / "b1"), volumes(tmp_path / "b3")
+    assert sorted(one) == [f"{p}/{m}_sample_0.nii.gz" for p in ("P001", "P003") for m in ("adc", "dwi")]
+    for name, data in one.items():
+        np.testing.assert_allclose(three[name], data, rtol=1e-5, atol=1e-5 * np.abs(data).max())
+        img = nib.load(str(tmp_path / "b1" / name))
+        assert img.shape == SOURCE_SHAPE
+        np.testing.assert_allclose(img.affine, AFFINE, atol=1e-6)
+        mask = np.asarray(nib.load(str(raw / name.split("/")[0] / "mask.nii.gz")).dataobj) > 0
+        assert (data[~mask] == 0).all() and np.abs(data[mask]).max() > 0
+    assert not np.array_equal(three["P001/dwi_sample_0.nii.gz"], three["P001/dwi_sample_1.nii.gz"])
+    assert list(scratch.iterdir()) == []  # the temporary preprocessing is gone
+
+
+def test_ema_weights_are_used_when_the_checkpoint_has_them(setup, tmp_path):
+    root, raw, npy, run, model, state, config = setup
+    # the same network with the EMA values as its raw weights and no EMA in the checkpoint
+    swapped = {k: v for k, v in state.items() if not k.startswith(EMA_PREFIX)}
+    for name, _ in model.model.named_parameters():
+        swapped["model." + name] = state[EMA_PREFIX + name.replace(".", "")]
+    no_ema = save_run(tmp_path / "no_ema_run", config, swapped)
+    assert sample(run, raw, tmp_path / "ema", "--batch_size", "4") == 0
+    assert sample(no_ema, raw, tmp_path / "swapped", "--batch_size", "4") == 0
+    raw_only = {k: v for k, v in state.items() if not k.startswith(EMA_PREFIX)}
+    plain = save_run(tmp_path / "plain_run", config, raw_only)
+    assert sample(plain, raw, tmp_path / "plain", "--batch_size", "4") == 0
+    ema, swapped_out, plain_out = volumes(tmp_path / "ema"), volumes(tmp_path / "swapped"), volumes(tmp_path / "plain")
+    for name in ema:
+        np.testing.assert_allclose(ema[name], swapped_out[name], rtol=1e-5, atol=1e-4)
+    assert any(not np.allclose(ema[n], plain_out[n], atol=1e-3) for n in ema)
+
+
+def test_second_run_skips_and_other_settings_are_refused(setup, tmp_path, capsys):
+    root, raw, npy, run, *_ = setup
+    out = tmp_path / "out"
+    assert sample(run, raw, out, "--batch_size", "8") == 0
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
+    capsys.readouterr()
+    assert sample(run, raw, out, "--batch_size", "2") == 0  # batch size does not change eta-0 results
+    assert "skipped 2 patient(s) already sampled: P001, P003" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == stamps
+    rc = sample_script.main(["-r", str(run), "--data", str(raw), "--outdir", str(out), "--steps", "4",
+                             "--device", "cpu", "--no_progress"])
+    err = error_line(capsys.readouterr().err)
+    assert rc == 2 and "steps=3" in err and "another --outdir" in err
+
+
+def test_user_errors_are_one_line(setup, tmp_path, capsys):
+    root, raw, npy, run, model, state, config = setup
+    broken = {k: v for k, v in state.items() if k != "cond_stage_model.channel_mapper.weight"}
+    bad_run = save_run(tmp_path / "bad_run", config, broken)
+    cases = [
+        (["-r", str(tmp_path / "nope")], "does not exist"),
+        (["-r", str(bad_run)], "missing key(s), e.g. 'cond_stage_model.channel_mapper.weight'"),
+        (["-r", str(run), "model.params.no_such_key=1"], "no_such_key"),
+        (["-r", str(run), "--patients", "P999"], "P999"),
+        (["-r", str(run), "--reference", str(tmp_path)], "reference.json"),
+    ]
+    for args, message in cases:
+        rc = sample_script.main(args + ["--data", str(raw), "--outdir", str(tmp_path / "o"), "--steps", "2",
+                                        "--device", "cpu", "--no_progress"])
+        assert rc == 2 and message in error_line(capsys.readouterr().err), args
