@@ -263,6 +263,13 @@ class LatentBrownianBridge(LatentDiffusion):
             noise_generator=generator)
         return latents
 
+    def make_slice_sampler(self, steps: int | None = None, eta: float | None = None):
+        """The CTP-slices -> images sampler that ``scripts/sample_LDM.py`` (ldm.inference) drives;
+        steps/eta default to ``sample_steps``/``sample_eta``."""
+        from ldm.models.diffusion.bridge_sampler import BridgeSliceSampler
+
+        return BridgeSliceSampler(self, steps=steps, eta=eta)
+
     @torch.no_grad()
     def sample_log(self, cond: torch.Tensor, batch_size: int, ddim: bool = True, ddim_steps: int | None = None,
                    eta: float | None = None, x_T: torch.Tensor | None = None, verbose: bool = False,

@@ -21,6 +21,8 @@ reference code's special case "at index 0 return x0_recon" falls out of the sche
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -90,7 +92,7 @@ class BridgeSampler:
     @torch.no_grad()
     def sample(self, S: int, batch_size: int, shape: tuple[int, ...] | None, conditioning: Any, eta: float = 1.0,
                x_T: torch.Tensor | None = None, verbose: bool = True, log_every_t: int = 20,
-               noise_generator: torch.Generator | None = None,
+               noise_generator: torch.Generator | None = None, step_noise: torch.Tensor | None = None,
                **unused: Any) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         """Run S steps and return (latents, intermediates).
 
@@ -98,12 +100,17 @@ class BridgeSampler:
         shape: (C, H, W) of one latent, checked against the source y; None takes y's shape.
         x_T: the start; by default y itself, as in the reference code (the true x_T also holds
             (1 - m_T) x_0 and noise of variance delta_T, both small at m_T = 0.999).
+        noise_generator: draws the per-step noise (eta > 0); on the device of the conditioning.
+        step_noise: the per-step noise itself, (S, B, C, H, W), instead of drawing it (the slice
+            sampler uses per-slice seeded noise so that results do not depend on the batching).
         intermediates: {"x_inter": [...], "pred_x0": [...]} every ``log_every_t`` steps and at the end.
         """
         if eta < 0:
             raise ValueError(f"bridge sampler: eta must be >= 0, got {eta}")
         model = self.model
         y = model.get_source(conditioning)
+        if y.dtype in (torch.float16, torch.bfloat16):  # under autocast: keep the chain in float32
+            y = y.float()
         if y.shape[0] != batch_size:
             raise ValueError(f"bridge sampler: conditioning gives a source of batch {y.shape[0]}, "
                              f"but batch_size is {batch_size}")
@@ -115,6 +122,9 @@ class BridgeSampler:
             raise ValueError(f"bridge sampler: x_T has shape {tuple(x.shape)}, the source y {tuple(y.shape)}")
 
         timesteps = make_bridge_timesteps(model.num_timesteps, S).tolist()
+        if step_noise is not None and tuple(step_noise.shape) != (len(timesteps), *x.shape):
+            raise ValueError(f"bridge sampler: step_noise has shape {tuple(step_noise.shape)}, expected "
+                             f"{(len(timesteps), *x.shape)} (steps, batch, C, H, W)")
         intermediates: dict[str, list[torch.Tensor]] = {"x_inter": [x], "pred_x0": [x]}
         pairs = list(zip(timesteps, timesteps[1:] + [0]))
         iterator = tqdm(pairs, desc="Brownian bridge sampler", total=len(pairs), disable=not verbose)
@@ -123,7 +133,9 @@ class BridgeSampler:
             out = model.apply_model(x, t_batch, conditioning)
             x0_hat = model.predict_start_from_objective(x, y, t_batch, out)
             noise = None
-            if eta > 0:
+            if eta > 0 and step_noise is not None:
+                noise = step_noise[i].to(device=x.device, dtype=x.dtype)
+            elif eta > 0:
                 noise = torch.randn(x.shape, generator=noise_generator, device=x.device, dtype=x.dtype) \
                     if noise_generator is not None else torch.randn_like(x)
             x = bridge_step(x, x0_hat, y,
@@ -134,3 +146,44 @@ class BridgeSampler:
                 intermediates["x_inter"].append(x)
                 intermediates["pred_x0"].append(x0_hat)
         return x, intermediates
+
+
+class BridgeSliceSampler:
+    """``sampler(ctp (B, 15, H, W), noise, step_seed=None) -> (B, 2, H, W)`` images in [-1, 1] for
+    :mod:`ldm.inference` (the same call as its DDIMSliceSampler).
+
+    ``noise(shape)`` returns per-slice seeded standard normal noise (B, *shape). The bridge starts
+    from its source y, not from noise, so x_T is not drawn; with eta > 0 the per-step noise is drawn
+    through ``noise`` as (B, S, C, h, w), which makes every slice's result independent of the
+    batching (``step_seed`` is therefore not needed and ignored).
+    """
+
+    def __init__(self, model: Any, steps: int | None = None, eta: float | None = None) -> None:
+        self.model = model
+        self.steps = int(steps if steps is not None else model.sample_steps)
+        self.eta = float(eta if eta is not None else model.sample_eta)
+        make_bridge_timesteps(model.num_timesteps, self.steps)  # a bad step count fails here, before any work
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def ema_scope(self) -> contextlib.AbstractContextManager:
+        """The model's EMA weights for the whole run, when it has them."""
+        if getattr(self.model, "use_ema", False):
+            return self.model.ema_scope("sampling")
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def __call__(self, ctp: torch.Tensor, noise: Callable[[Sequence[int]], torch.Tensor],
+                 step_seed: int | None = None) -> torch.Tensor:
+        cond = self.model.get_learned_conditioning(ctp.to(self.device))
+        shape = (int(self.model.channels), *cond.shape[-2:])
+        step_noise = None
+        if self.eta > 0:
+            step_noise = noise((self.steps, *shape)).transpose(0, 1).to(self.device)
+        latents, _ = BridgeSampler(self.model).sample(S=self.steps, batch_size=ctp.shape[0], shape=shape,
+                                                      conditioning=cond, eta=self.eta, verbose=False,
+                                                      step_noise=step_noise)
+        # the decoder can overshoot slightly; the inverse normalisation is defined on [-1, 1]
+        return self.model.decode_first_stage(latents).clamp(-1.0, 1.0)
