@@ -5,11 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.util import ConfigError
+
 
 def Normalize(in_channels: int, num_groups: int = 32) -> nn.GroupNorm:
     """GroupNorm as in CompVis (32 groups, eps 1e-6); fewer groups only for tiny test models."""
     if in_channels % num_groups:
-        raise ValueError(f"GroupNorm: {in_channels} channels are not divisible into {num_groups} groups "
+        raise ConfigError(f"GroupNorm: {in_channels} channels are not divisible into {num_groups} groups "
                          f"(set ddconfig norm_groups to a divisor of ch)")
     return nn.GroupNorm(num_groups=num_groups, num_channels=in_channels, eps=1e-6, affine=True)
 
