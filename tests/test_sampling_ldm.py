@@ -146,6 +146,18 @@ def test_raw_cohort_to_source_space_independent_of_batch_size(setup, tmp_path, c
     assert list(scratch.iterdir()) == []  # the temporary preprocessing is gone
 
 
+def test_eta_above_zero_is_reproducible_for_a_fixed_batch_size(setup, tmp_path):
+    root, raw, npy, run, *_ = setup
+    for name in ("a", "b"):
+        assert sample(run, raw, tmp_path / name, "--batch_size", "4", "--eta", "1.0", "--patients", "P001") == 0
+    assert sample(run, raw, tmp_path / "eta0", "--batch_size", "4", "--patients", "P001") == 0
+    a, b, eta0 = volumes(tmp_path / "a"), volumes(tmp_path / "b"), volumes(tmp_path / "eta0")
+    assert sorted(a) == ["P001/adc_sample_0.nii.gz", "P001/dwi_sample_0.nii.gz"]
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.allclose(a["P001/dwi_sample_0.nii.gz"], eta0["P001/dwi_sample_0.nii.gz"])
+
+
 def test_ema_weights_are_used_when_the_checkpoint_has_them(setup, tmp_path):
     root, raw, npy, run, model, state, config = setup
     # the same network with the EMA values as its raw weights and no EMA in the checkpoint

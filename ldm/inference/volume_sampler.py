@@ -143,9 +143,9 @@ def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, 
                 for j in range(len(patient.slice_indices)):
                     yield pid, k, j
 
-    bar = tqdm(total=total, desc="sampling slices", unit="slice", disable=not progress, dynamic_ncols=True)
     scope = getattr(sampler, "ema_scope", contextlib.nullcontext)
     with scope():
+        bar = tqdm(total=total, desc="sampling slices", unit="slice", disable=not progress, dynamic_ncols=True)
         for batch in _batches(work(), batch_size):
             entries = [(pending[(pid, k)], k, j) for pid, k, j in batch]
             ctp = torch.stack([s.patient.ctp[j] for s, _, j in entries])
@@ -168,5 +168,5 @@ def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, 
                         report.written.append(s.patient.patient_id)
             report.n_slices += len(entries)
             bar.update(len(entries))
-    bar.close()
+        bar.close()
     return report
