@@ -256,9 +256,7 @@ class LesionAwareLatentDiffusion(LatentDiffusion):
         ``lesion_mae_seed`` and the slice's position ``first_index + b`` in the subset.
         """
         c = self.get_learned_conditioning(ctp)
-        shape = (int(self.channels), *c.shape[-2:])
-        x_T = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
-            self.lesion_mae_seed * 100_003 + first_index + b)) for b in range(ctp.shape[0])]).to(c.device)
+        x_T = self.lesion_mae_noise((int(self.channels), *c.shape[-2:]), first_index, ctp.shape[0]).to(c.device)
         with self.ema_scope():
             latents = self.sample_log(c, ctp.shape[0], ddim_steps=self.lesion_mae_ddim_steps, eta=0.0, x_T=x_T,
                                       return_intermediates=False)
@@ -266,6 +264,12 @@ class LesionAwareLatentDiffusion(LatentDiffusion):
         to_unit = lambda v: (v.clamp(-1.0, 1.0) + 1.0) / 2.0  # noqa: E731
         m = lesion.float()
         return (m * (to_unit(mri) - to_unit(x_hat)).abs()).sum(dim=(2, 3)) / m.sum(dim=(2, 3)).clamp(min=1.0)
+
+    def lesion_mae_noise(self, shape: Sequence[int], first_index: int, n: int) -> torch.Tensor:
+        """x_T for slices first_index .. first_index + n - 1 of the subset: the same every validation
+        run (and on CPU or GPU), so that val/lesion_mae changes only when the model does."""
+        return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(
+            self.lesion_mae_seed * 100_003 + first_index + b)) for b in range(n)])
 
     def _log_lesion_mae(self) -> None:
         device = self.betas.device
