@@ -40,7 +40,8 @@ def get_parser() -> argparse.ArgumentParser:
                         "intensity scale of CTP-only patients (default: the run's train data_root if it "
                         "exists, else the data's own reference.json)")
     p.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
-                   help="in-plane size for preprocessing a raw cohort (default: the model's input size)")
+                   help="in-plane size for preprocessing a raw cohort (default: the model's input size, "
+                        "model.params.image_size x the first stage's factor; needed only if that is unknown)")
     p.add_argument("--patients", nargs="+", default=None, help="sample only these patients")
     p.add_argument("-n", "--n_samples", type=int, default=1, help="samples per patient")
     p.add_argument("--batch_size", type=int, default=48, help="slices per batch")
@@ -70,6 +71,18 @@ def check_settings(outdir: Path, settings: dict) -> None:
         k = differ[0]
         raise ConfigError(f"--outdir {str(outdir)!r} holds samples made with {k}={old.get(k)!r} (now "
                           f"{settings.get(k)!r}): resuming would mix them; choose another --outdir")
+
+
+def check_input_size(records: dict, size: tuple[int, int] | None, data_root: Path) -> None:
+    """The preprocessed slices must have the in-plane size the model was trained at (the UNet is
+    convolutional and would run at another size, but it has not learnt that geometry)."""
+    from ldm.util import ConfigError
+
+    sizes = sorted({tuple(r.size) for r in records.values()})
+    if size is not None and sizes and sizes != [tuple(size)]:
+        raise ConfigError(f"{str(data_root)!r} holds {' and '.join(f'{h}x{w}' for h, w in sizes)} slices but the model "
+                          f"takes {size[0]}x{size[1]} (model.params.image_size x the first stage's factor): "
+                          f"preprocess the data at that size")
 
 
 def run(opt: argparse.Namespace, overrides: list[str]) -> int:
@@ -111,16 +124,21 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
 
     device = choose_device(opt.device)
     model = load_model(config, run_files.checkpoint, device)
-    sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta)
+    try:
+        sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta)
+    except ValueError as e:  # e.g. more steps than the model's T
+        raise ConfigError(f"--steps {opt.steps} / --eta {opt.eta}: {e}") from e
     ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
     print(f"model {config.model.target} from {run_files.checkpoint} ({ema} weights) on {device}")
-    size = tuple(opt.size) if opt.size else model_input_size(config)
+    model_size = model_input_size(config)
+    size = tuple(opt.size) if opt.size else model_size
     with preprocessed_data(data, size, reference_path, opt.workers, model_timepoints(config),
                            opt.patients) as data_root:
         try:
             records = load_index(data_root)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(str(e)) from e
+        check_input_size(records, model_size, data_root)
         reference = load_cohort_reference(reference_path, data_root)
         ctp_only = [p for p in (opt.patients or records) if p in records and not records[p].has_mri]
         if ctp_only:

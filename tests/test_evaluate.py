@@ -201,7 +201,7 @@ def test_bad_inputs_are_reported_and_left_out(cohort, tmp_path, capsys):
     assert "patient P001: dwi_sample_0.nii.gz has an affine that differs" in log
     assert "patient P002: dwi_sample_0.nii.gz has shape (24, 28, 6) but the ground truth has (24, 28, 5)" in log
     assert "patient P003 has no prediction folder" in log
-    assert "patient P999 has predictions but no ground truth" in log
+    assert "patient P999 has predictions but no ground truth DWI/ADC" in log
 
     predict(gts["P003"], noisy, "P003", 0, noise=0.3)
     rc = evaluate_script.main(["--pred", f"perfect={perfect}", f"noisy={noisy}", "--gt", str(gt_dir),

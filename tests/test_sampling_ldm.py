@@ -201,8 +201,10 @@ def test_user_errors_are_one_line(setup, tmp_path, capsys):
         (["-r", str(run), "model.params.no_such_key=1"], "no_such_key"),
         (["-r", str(run), "--patients", "P999"], "P999"),
         (["-r", str(run), "--reference", str(tmp_path)], "reference.json"),
+        (["-r", str(run), "--size", "64", "64"], "holds 64x64 slices but the model takes 32x32"),
+        (["-r", str(run), "--steps", "21"], "--steps 21"),
     ]
     for args, message in cases:
-        rc = sample_script.main(args + ["--data", str(raw), "--outdir", str(tmp_path / "o"), "--steps", "2",
-                                        "--device", "cpu", "--no_progress"])
+        rc = sample_script.main(["--steps", "2"] + args + ["--data", str(raw), "--outdir", str(tmp_path / "o"),
+                                                           "--device", "cpu", "--no_progress"])
         assert rc == 2 and message in error_line(capsys.readouterr().err), args

@@ -98,9 +98,10 @@ def evaluate_runs(runs: Mapping[str, str | Path], gt_dir: str | Path, *,
         if not Path(pred_dir).is_dir():
             raise EvaluationInputError(f"run {name}: prediction folder {str(pred_dir)!r} does not exist")
         report = RunReport(name, Path(pred_dir))
-        report.unknown = sorted(set(patient_folders(pred_dir)) - set(patient_folders(gt_dir)))
+        report.unknown = sorted(set(patient_folders(pred_dir)) - set(gt_folders))
         for pid in report.unknown:
-            log(f"run {name}: patient {pid} has predictions but no ground truth folder: left out")
+            log(f"run {name}: patient {pid} has predictions but no ground truth DWI/ADC in {str(gt_dir)!r} "
+                f"(no folder, or a CTP-only patient): left out")
         reports.append(report)
 
     def problem(report: RunReport, pid: str, message: str, missing: bool = False) -> None:

@@ -27,10 +27,9 @@ class DDIMSliceSampler:
     def __init__(self, model: torch.nn.Module, steps: int = 200, eta: float = 0.0):
         from ldm.models.diffusion.ddim import DDIMSampler
 
-        if steps < 1:
-            raise ValueError(f"--steps must be at least 1, got {steps}")
-        self.model, self.steps, self.eta = model, steps, eta
+        self.model, self.steps, self.eta = model, int(steps), float(eta)
         self.sampler = DDIMSampler(model)
+        self.sampler.make_schedule(self.steps, ddim_eta=self.eta)  # bad steps / eta fail here, before any work
 
     @property
     def device(self) -> torch.device:
