@@ -149,7 +149,12 @@ class LatentBrownianBridge(LatentDiffusion):
                 raise ConfigError(f"checkpoint {path!r} was trained with another bridge schedule (m_t over "
                                   f"{sd['m_t'].shape[0] - 1} steps up to {float(sd['m_t'][-1]):.6g}, config: "
                                   f"{self.num_timesteps} steps up to {float(self.m_t[-1]):.6g})")
-        return super().init_from_ckpt(path, ignore_keys=ignore_keys, only_model=only_model)
+        missing, unexpected = super().init_from_ckpt(path, ignore_keys=ignore_keys, only_model=only_model)
+        lost = [k for k in missing if k.startswith("source_stage_model.")]
+        if lost:
+            raise ConfigError(f"checkpoint {path!r} lacks the source map weights ({lost[0]!r}): not a checkpoint "
+                              f"of this Brownian bridge model")
+        return missing, unexpected
 
     def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return (extract_into_tensor(self.m_t, t, like.shape).to(like.dtype),
