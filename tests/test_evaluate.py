@@ -67,10 +67,11 @@ def cohort(tmp_path):
     gt_dir = tmp_path / "gt"
     gts = {pid: make_patient(gt_dir, pid, seed, lesion=(pid != "P002"))
            for seed, pid in enumerate(["P001", "P002", "P003"])}
-    perfect, noisy = tmp_path / "perfect", tmp_path / "noisy"
+    perfect, noisy, noisier = tmp_path / "perfect", tmp_path / "noisy", tmp_path / "noisier"
     for i, (pid, gt) in enumerate(gts.items()):
         predict(gt, perfect, pid, i, noise=0.0)
         predict(gt, noisy, pid, 10 + i, noise=0.3)
+        predict(gt, noisier, pid, 20 + i, noise=0.9)
     return gt_dir, perfect, noisy, gts
 
 
@@ -114,8 +115,8 @@ def reference_scores(gt, pred_path, modality):
 def test_two_runs_side_by_side_with_independent_numbers(cohort, tmp_path, capsys):
     gt_dir, perfect, noisy, gts = cohort
     out = tmp_path / "out"
-    rc = evaluate_script.main(["--pred", f"perfect={perfect}", f"noisy={noisy}", "--gt", str(gt_dir),
-                               "--out", str(out), "--n_panels", "2"])
+    rc = evaluate_script.main(["--pred", f"perfect={perfect}", f"noisy={noisy}", f"noisier={noisy.parent / 'noisier'}",
+                               "--gt", str(gt_dir), "--out", str(out), "--n_panels", "2"])
     assert rc == 0
     patients = read_csv(out / "metrics_per_patient.csv")
     by = {(r["run"], r["patient_id"], r["modality"]): r for r in patients}
@@ -144,10 +145,12 @@ def test_two_runs_side_by_side_with_independent_numbers(cohort, tmp_path, capsys
 
     table = (out / "table1.md").read_text()
     assert "| Model | DWI |" in table and "Lesion MAE↓" in table
-    lines = [line for line in table.splitlines() if line.startswith("| perfect") or line.startswith("| noisy")]
-    assert len(lines) == 2 and all(line.count("|") == 12 for line in lines)
+    lines = [line for line in table.splitlines() if line.startswith(("| perfect", "| noisy", "| noisier"))]
+    assert len(lines) == 3 and all(line.count("|") == 12 for line in lines)
     assert "nan" not in table.lower() and "inf" not in table.lower()
-    assert "**0.000**" in lines[0]  # the perfect run is best and in bold
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert cells[0][1] == "**0.000**" and cells[1][1].startswith("<u>") and "*" not in cells[2][1] + cells[2][3]
+    assert cells[0][3].startswith("**100.00") and cells[1][3].startswith("<u>")  # PSNR: higher is better
     assert "without lesion" in table and "P002" in table
     assert "FID skipped: no Inception weights given" in table
     for name in ("P001.png", "P003.png", "fig3.png"):  # largest lesions first; P002 has none

@@ -41,15 +41,22 @@ def write_csv(records: Sequence[dict], path: str | Path, columns: Sequence[str] 
     atomic_write_text(path, buffer.getvalue())
 
 
-def _best(values: list[float | None], lower_is_better: bool) -> float | None:
-    present = [v for v in values if v is not None]
-    if len(present) < 2:
-        return None
-    return min(present) if lower_is_better else max(present)
+def _ranked(values: list[float | None], lower_is_better: bool) -> list[float]:
+    """Distinct values, best first (ties share a rank)."""
+    return sorted({v for v in values if v is not None}, reverse=not lower_is_better)
+
+
+def _highlight(text: str, value: float, ranked: list[float], n_runs: int) -> str:
+    """As in the paper's tables: best in bold, second best underlined (with three runs or more)."""
+    if n_runs >= 2 and len(ranked) >= 2 and value == ranked[0]:
+        return f"**{text}**"
+    if n_runs >= 3 and len(ranked) >= 3 and value == ranked[1]:
+        return f"<u>{text}</u>"
+    return text
 
 
 def table1_markdown(summary: Sequence[dict], evaluation: Evaluation) -> str:
-    """Table 1 layout: one row per run, DWI then ADC columns; the best of several runs in bold."""
+    """Table 1 layout: one row per run, DWI then ADC columns; best in bold, second underlined."""
     runs = [r.name for r in evaluation.runs]
     by_key = {(s["run"], s["modality"]): s for s in summary}
     n_cols = len(TABLE1_COLUMNS)
@@ -57,12 +64,11 @@ def table1_markdown(summary: Sequence[dict], evaluation: Evaluation) -> str:
     metric_names = [""] + [h for _, h, _, _ in TABLE1_COLUMNS] * len(MODALITIES)
     lines = ["| " + " | ".join(groups) + " |", "|" + "---|" * len(groups),
              "| " + " | ".join(metric_names) + " |"]
-    best = {}
+    ranks = {}
     for modality in MODALITIES:
         for key, _, decimals, lower in TABLE1_COLUMNS:
             values = [by_key[(r, modality)][key] for r in runs]
-            b = _best([None if v is None else round(v, decimals) for v in values], lower)
-            best[(modality, key)] = b
+            ranks[(modality, key)] = _ranked([None if v is None else round(v, decimals) for v in values], lower)
     for run in runs:
         cells = []
         for modality in MODALITIES:
@@ -71,8 +77,8 @@ def table1_markdown(summary: Sequence[dict], evaluation: Evaluation) -> str:
                 if value is None:
                     cells.append(MISSING)
                     continue
-                text = f"{value:.{decimals}f}"
-                cells.append(f"**{text}**" if round(value, decimals) == best[(modality, key)] else text)
+                cells.append(_highlight(f"{value:.{decimals}f}", round(value, decimals), ranks[(modality, key)],
+                                        len(runs)))
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in table_notes(summary, evaluation)) + "\n"
 
