@@ -141,9 +141,12 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
         check_input_size(records, model_size, data_root)
         reference = load_cohort_reference(reference_path, data_root)
         ctp_only = [p for p in (opt.patients or records) if p in records and not records[p].has_mri]
+        if ctp_only and reference is None:
+            raise ConfigError(f"{len(ctp_only)} CTP-only patient(s) (e.g. {ctp_only[0]}) need a DWI/ADC intensity "
+                              f"scale: give --reference <preprocessed training split>")
         if ctp_only:
-            where = reference.source if reference is not None else "none: they will fail (give --reference)"
-            print(f"{len(ctp_only)} CTP-only patient(s): DWI/ADC scale from the cohort reference ({where})")
+            print(f"{len(ctp_only)} CTP-only patient(s): DWI/ADC scale from the cohort reference "
+                  f"({reference.source or 'reference.json'})")
         print(f"sampling {len(opt.patients or records)} patient(s) of {data}: {opt.n_samples} sample(s), "
               f"{opt.steps} DDIM steps, eta {opt.eta}, batch {opt.batch_size} -> {outdir}")
         outdir.mkdir(parents=True, exist_ok=True)

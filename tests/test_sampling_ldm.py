@@ -203,6 +203,8 @@ def test_user_errors_are_one_line(setup, tmp_path, capsys):
         (["-r", str(run), "--reference", str(tmp_path)], "reference.json"),
         (["-r", str(run), "--size", "64", "64"], "holds 64x64 slices but the model takes 32x32"),
         (["-r", str(run), "--steps", "21"], "--steps 21"),
+        (["-r", str(run), "--patients", "P003", f"data.params.train.params.data_root={tmp_path}"],
+         "CTP-only patient(s) (e.g. P003) need a DWI/ADC intensity scale"),
     ]
     for args, message in cases:
         rc = sample_script.main(["--steps", "2"] + args + ["--data", str(raw), "--outdir", str(tmp_path / "o"),
