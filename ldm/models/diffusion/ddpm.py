@@ -332,7 +332,7 @@ class DDPM(pl.LightningModule):
         """t ~ U{0, ..., T-1} for a batch."""
         return torch.randint(0, self.num_timesteps, (batch_size,), device=self.device, generator=generator)
 
-    def forward(self, x: torch.Tensor, *args: Any, t: torch.Tensor | None = None, **kwargs: Any):
+    def forward(self, x: torch.Tensor, /, *args: Any, t: torch.Tensor | None = None, **kwargs: Any):
         t = default(t, lambda: self.sample_timesteps(x.shape[0]))
         return self.p_losses(x, t, *args, **kwargs)
 
@@ -653,8 +653,11 @@ class LatentDiffusion(DDPM):
         model_output = self.apply_model(x_noisy, t, cond)
         return self.latent_loss(model_output, x_start, noise, t)
 
-    def forward(self, x: torch.Tensor, c: Any, *args: Any, t: torch.Tensor | None = None, **kwargs: Any):
-        """Loss at uniformly drawn (or given) timesteps; a trainable conditioning encoder runs here."""
+    def forward(self, x: torch.Tensor, c: Any, /, *args: Any, t: torch.Tensor | None = None, **kwargs: Any):
+        """Loss at uniformly drawn (or given) timesteps; a trainable conditioning encoder runs here.
+
+        ``x`` and ``c`` are positional-only, so that loss keyword arguments may be named ``x``
+        (the MRI batch of the post-training)."""
         t = default(t, lambda: self.sample_timesteps(x.shape[0]))
         if c is None:
             raise ValueError("LatentDiffusion is conditional but no condition was given")
