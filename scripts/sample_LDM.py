@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     from ldm.util import ConfigError
 
     opt, unknown = get_parser().parse_known_args(argv)
+    if opt.patients:  # "--patients P001 a.b=c": the override is not a patient id
+        unknown += [p for p in opt.patients if "=" in p]
+        opt.patients = [p for p in opt.patients if "=" not in p] or None
     try:
         return run(opt, unknown)
     except ConfigError as e:
