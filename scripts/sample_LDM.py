@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if opt.patients:  # "--patients P001 a.b=c": the override is not a patient id
         unknown += [p for p in opt.patients if "=" in p]
         opt.patients = [p for p in opt.patients if "=" not in p] or None
+    unknown += [b for b in opt.base if "=" in b and not b.endswith((".yaml", ".yml"))]  # same for -b
+    opt.base = [b for b in opt.base if not ("=" in b and not b.endswith((".yaml", ".yml")))]
     try:
         return run(opt, unknown)
     except ConfigError as e:
