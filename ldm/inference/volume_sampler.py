@@ -115,8 +115,8 @@ def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, 
 
     ``sampler(ctp, noise, step_seed)`` is a slice sampler (ldm.inference.slice_sampler); x_T comes
     from ``noise`` per slice, ``step_seed`` (for samplers that draw noise at every step) is derived
-    from the batch's first slice. ``reference`` gives
-    CTP-only patients their intensity scale (see ldm.data.volume.slices_to_volume).
+    from the batch's first slice. ``reference`` gives CTP-only patients their intensity scale (see
+    ldm.data.volume.slices_to_volume).
     """
     if n_samples < 1 or batch_size < 1:
         raise ConfigError(f"--n_samples and --batch_size must be at least 1, got {n_samples} and {batch_size}")
@@ -144,8 +144,8 @@ def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, 
                     yield pid, k, j
 
     scope = getattr(sampler, "ema_scope", contextlib.nullcontext)
-    with scope():
-        bar = tqdm(total=total, desc="sampling slices", unit="slice", disable=not progress, dynamic_ncols=True)
+    with scope(), tqdm(total=total, desc="sampling slices", unit="slice", disable=not progress,
+                       dynamic_ncols=True) as bar:
         for batch in _batches(work(), batch_size):
             entries = [(pending[(pid, k)], k, j) for pid, k, j in batch]
             ctp = torch.stack([s.patient.ctp[j] for s, _, j in entries])
@@ -168,5 +168,4 @@ def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, 
                         report.written.append(s.patient.patient_id)
             report.n_slices += len(entries)
             bar.update(len(entries))
-        bar.close()
     return report
