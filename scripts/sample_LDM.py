@@ -27,8 +27,12 @@ EXIT_USER_ERROR = 2
 SETTINGS_FILE = "sampling.json"
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("-r", "--resume", required=True, help="run directory or checkpoint file")
     p.add_argument("-b", "--base", nargs="*", default=[], metavar="config.yaml",
                    help="configs merged after the run's own (needed for a checkpoint outside a run directory)")
