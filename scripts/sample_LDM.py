@@ -10,7 +10,8 @@ NIfTI cohort (preprocessed on the fly at the model's input size). For every pati
 geometry (same shape and affine as the source volumes, physical units, zero outside the brain
 mask), atomically, skipping samples that already exist (a second run resumes). EMA weights are used
 when the checkpoint has them. Each slice's initial noise is seeded by (seed, patient, k, slice),
-so with ``--eta 0`` (deterministic DDIM) the volumes do not depend on --batch_size; with eta > 0
+so with ``--eta 0`` (deterministic DDIM) the volumes do not depend on --batch_size (up to float32
+rounding: kernels sum in a batch-size dependent order, ~1e-6 relative); with eta > 0
 DDIM's per-step noise is seeded per batch: reproducible for the same --batch_size only.
 Mistakes on the command line or in configs end with one line and exit code 2.
 """

@@ -8,7 +8,8 @@ mask). Files: ``<outdir>/<patient_id>/{dwi,adc}_sample_{k}.nii.gz``, each writte
 Slices are batched across patients (a batch may hold the end of one patient and the start of the
 next), and a sample is written as soon as its last slice is done. Resuming: a sample whose two
 files exist is not redone, a patient whose samples all exist is skipped. The initial noise of
-every slice comes from ``ldm.inference.seeding``, so the result does not depend on the batching.
+every slice comes from ``ldm.inference.seeding``, so the result does not depend on the batching
+(up to float32 rounding, since kernels may sum in a batch-size dependent order).
 """
 from __future__ import annotations
 
