@@ -239,6 +239,7 @@ def test_scale_by_std_is_computed_once_broadcast_and_kept():
         make_model(scale_by_std=True, scale_factor=0.3)
 
 
+@pytest.mark.filterwarnings("ignore:You called `self.log")
 def test_lightning_fit_logs_raw_and_ema_validation_losses(tmp_path):
     model = make_model(scale_by_std=True)
     data = [{k: v[0] if not isinstance(v, list) else v[0] for k, v in make_batch(1, seed=i).items()} for i in range(4)]
@@ -300,6 +301,15 @@ def test_init_from_ckpt_round_trip_and_checks(tmp_path):
         make_model(ckpt_path=str(path), linear_end=0.012)
     with pytest.raises(ConfigError, match="does not exist"):
         make_model(ckpt_path=str(tmp_path / "missing.ckpt"))
+    # the latent scaling must be the one the checkpoint was trained with
+    with pytest.raises(ConfigError, match="without scale_by_std"):
+        make_model(ckpt_path=str(path), scale_by_std=True)
+    scaled = make_model(scale_by_std=True)
+    scaled.scale_factor.fill_(0.7)
+    torch.save(scaled.state_dict(), tmp_path / "scaled.ckpt")
+    with pytest.raises(ConfigError, match="scale_by_std: true"):
+        make_model(ckpt_path=str(tmp_path / "scaled.ckpt"))
+    assert float(make_model(ckpt_path=str(tmp_path / "scaled.ckpt"), scale_by_std=True).scale_factor) == pytest.approx(0.7)
 
 
 def test_compile_switch_routes_the_unet_through_torch_compile(monkeypatch):

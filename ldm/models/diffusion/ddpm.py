@@ -213,11 +213,8 @@ class DDPM(pl.LightningModule):
             sd = {k: v for k, v in sd.items() if not k.startswith(ignore)}
             rank_zero_info(f"{path}: ignoring {len(dropped)} keys starting with {list(ignore)}")
         target: nn.Module = self.model if only_model else self
-        if not only_model and "betas" in sd and sd["betas"].shape == self.betas.shape \
-                and not torch.allclose(sd["betas"].float().cpu(), self.betas.cpu(), rtol=1e-4, atol=1e-7):
-            raise ConfigError(f"checkpoint {path!r} was trained with another noise schedule than the config "
-                              f"(betas {sd['betas'][0]:.6g}..{sd['betas'][-1]:.6g} vs {self.betas[0]:.6g}.."
-                              f"{self.betas[-1]:.6g}): set timesteps/linear_start/linear_end/beta_schedule as in training")
+        if not only_model:
+            self.check_checkpoint(sd, path)
         try:
             missing, unexpected = target.load_state_dict(sd, strict=False)
         except RuntimeError as e:
@@ -240,6 +237,16 @@ class DDPM(pl.LightningModule):
             rank_zero_warn(f"{path}: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}; "
                            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
         return list(missing), list(unexpected)
+
+    def check_checkpoint(self, sd: Mapping[str, torch.Tensor], path: str) -> None:
+        """Refuse a checkpoint trained with another noise schedule (loading it would silently
+        replace the config's schedule buffers)."""
+        betas = sd.get("betas")
+        if betas is not None and betas.shape == self.betas.shape \
+                and not torch.allclose(betas.float().cpu(), self.betas.cpu(), rtol=1e-4, atol=1e-7):
+            raise ConfigError(f"checkpoint {path!r} was trained with another noise schedule than the config "
+                              f"(betas {betas[0]:.6g}..{betas[-1]:.6g} vs {self.betas[0]:.6g}..{self.betas[-1]:.6g}): "
+                              f"set timesteps/linear_start/linear_end/beta_schedule as in training")
 
     # ----------------------------------------------------------------------------- diffusion math
     def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -531,6 +538,20 @@ class LatentDiffusion(DDPM):
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=load_only_unet)
             self.restarted_from_ckpt = True
+
+    def check_checkpoint(self, sd: Mapping[str, torch.Tensor], path: str) -> None:
+        """Also refuse a latent scaling that differs from training: a stored scale_factor (trained
+        with scale_by_std) into a model without scale_by_std would be dropped, and a checkpoint
+        without one into a model with scale_by_std would have its factor recomputed."""
+        super().check_checkpoint(sd, path)
+        if not any(k.startswith("model.diffusion_model.") for k in sd):
+            return
+        if "scale_factor" in sd and not self.scale_by_std:
+            raise ConfigError(f"checkpoint {path!r} was trained with scale_by_std: true (scale_factor "
+                              f"{float(sd['scale_factor']):.6g}); set scale_by_std: true to use its latent scaling")
+        if "scale_factor" not in sd and self.scale_by_std:
+            raise ConfigError(f"checkpoint {path!r} was trained without scale_by_std; set scale_by_std: false "
+                              f"and scale_factor as in its training config")
 
     def _note_scale_factor(self, module: nn.Module, state_dict: Mapping, prefix: str, *args: Any) -> None:
         if prefix + "scale_factor" in state_dict:
