@@ -1,0 +1,361 @@
+"""Run the loss-weight sweep of the paper's Table 2: post-train, sample and score one run per weight pair.
+
+    python scripts/lambda_sweep.py --data data/npy/test --gt data/raw/test --outdir sweeps/table2
+    python scripts/lambda_sweep.py --dry-run                 # print the commands, run nothing
+    python scripts/lambda_sweep.py --baseline logs/..._ldm --data ... --gt ... lightning.trainer.max_epochs=200
+
+Every (lambda_image, lambda_lesion) pair of Table 2 becomes its own ``main.py`` run (a subprocess)
+of the LAPT config with ``model.params.lambda_image=..`` and ``model.params.lambda_lesion=..``; any
+``key=value`` argument is passed on to every run. Each run is then sampled with
+``scripts/sample_LDM.py`` and scored with ``scripts/evaluate.py``, and the scores are gathered into
+``<outdir>/table2.md`` and ``<outdir>/table2.csv`` (Table 2's columns: the two weights, then MAE,
+lesion MAE, PSNR, MS-SSIM and FID for DWI and for ADC). The (0, 0) row is the stage-2 model itself:
+give its run directory with ``--baseline`` to sample and score it too (it is not trained again).
+
+The sweep can be stopped and started again: a run whose training, sampling or scoring finished is
+not repeated (``--rerun`` repeats everything), and an interrupted training resumes from its
+``last.ckpt``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from ldm.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+EXIT_USER_ERROR = 2
+DEFAULT_CONFIG = "configs/latent-diffusion/ldm_lapt.yaml"
+# Table 2 of the paper: lambda_image -> the lambda_lesion values tested with it.
+TABLE2_GRID: dict[float, tuple[float, ...]] = {
+    0.01: (0.0, 0.01, 0.02, 0.05),
+    0.05: (0.0, 0.1, 0.2),
+    0.1: (0.0, 0.1, 0.2),
+}
+MODALITIES = ("dwi", "adc")
+# (column in evaluate.py's metrics_summary.csv, header in Table 2)
+METRICS = (("mae_mean", "MAE↓"), ("lesion_mae_mean", "Lesion MAE↓"), ("psnr_mean", "PSNR↑"),
+           ("ms_ssim_mean", "MS-SSIM↑"), ("fid", "FID↓"))
+DECIMALS = {"mae_mean": 3, "lesion_mae_mean": 3, "psnr_mean": 2, "ms_ssim_mean": 3, "fid": 2}
+TRAIN_DONE = "sweep_train_done.json"
+SAMPLE_DONE = "sweep_sample_done.json"
+
+
+class SweepError(Exception):
+    """A mistake on the command line or a step that failed (one line, exit code 2)."""
+
+
+@dataclass
+class SweepRun:
+    """One row of Table 2 and where its files live."""
+
+    lambda_image: float
+    lambda_lesion: float
+    name: str
+    baseline: bool = False
+    run_dir: Path | None = None  # known once trained (main.py puts a timestamp in front of the name)
+
+
+def fmt(value: float) -> str:
+    """0.01 -> '0.01', 0.0 -> '0' (names and overrides without float noise)."""
+    return f"{value:g}"
+
+
+def run_name(lambda_image: float, lambda_lesion: float) -> str:
+    return f"lapt_li{fmt(lambda_image)}_ll{fmt(lambda_lesion)}"
+
+
+def parse_grid(text: str | None) -> list[tuple[float, float]]:
+    """``"0.01:0,0.02;0.05:0.1"`` -> [(0.01, 0), (0.01, 0.02), (0.05, 0.1)]; None -> Table 2's grid."""
+    if not text:
+        return [(li, ll) for li, lls in TABLE2_GRID.items() for ll in lls]
+    pairs = []
+    for group in filter(None, (g.strip() for g in text.split(";"))):
+        head, sep, tail = group.partition(":")
+        if not sep or not tail.strip():
+            raise SweepError(f"--grid: {group!r} is not LAMBDA_IMAGE:LAMBDA_LESION[,LAMBDA_LESION...]")
+        try:
+            li = float(head)
+            pairs += [(li, float(v)) for v in tail.split(",") if v.strip()]
+        except ValueError as e:
+            raise SweepError(f"--grid: {group!r} holds a value that is not a number ({e})") from e
+    if len({(fmt(a), fmt(b)) for a, b in pairs}) != len(pairs):
+        raise SweepError(f"--grid: {text!r} lists a weight pair twice")
+    return pairs
+
+
+def find_run_dir(logdir: Path, name: str) -> Path | None:
+    """The newest ``<logdir>/<timestamp>_<name>`` run directory, if any."""
+    if not logdir.is_dir():
+        return None
+    candidates = sorted(p for p in logdir.iterdir() if p.is_dir() and p.name.endswith(f"_{name}"))
+    return candidates[-1] if candidates else None
+
+
+def script(name: str) -> str:
+    """A script of this repository, as a path from the working directory (where the runs start, so
+    that relative data roots in configs mean what they mean for main.py)."""
+    return os.path.relpath(ROOT / name)
+
+
+def train_command(opt: argparse.Namespace, run: SweepRun, resume_dir: Path | None) -> list[str]:
+    if resume_dir is not None:
+        # a resumed run reloads its own configs (with the lambdas it was started with)
+        return [opt.python, script("main.py"), "-r", str(resume_dir), "-t", *opt.overrides]
+    return [opt.python, script("main.py"), "--base", *opt.base, "-t", "-n", run.name, "-l", str(opt.logdir),
+            "-s", str(opt.seed), f"model.params.lambda_image={fmt(run.lambda_image)}",
+            f"model.params.lambda_lesion={fmt(run.lambda_lesion)}", *opt.overrides]
+
+
+def sample_command(opt: argparse.Namespace, run_dir: str | Path, out: Path) -> list[str]:
+    return [opt.python, script("scripts/sample_LDM.py"), "-r", str(run_dir), "--data", str(opt.data),
+            "--outdir", str(out), "--steps", str(opt.steps), "--seed", str(opt.seed), *opt.sample_args]
+
+
+def evaluate_command(opt: argparse.Namespace, run: SweepRun, pred: Path, out: Path) -> list[str]:
+    cmd = [opt.python, script("scripts/evaluate.py"), "--pred", f"{run.name}={pred}", "--gt", str(opt.gt),
+           "--out", str(out), "--n_panels", "0"]
+    if opt.inception_weights:
+        cmd += ["--inception_weights", str(opt.inception_weights)]
+    return cmd
+
+
+def plan_runs(opt: argparse.Namespace) -> list[SweepRun]:
+    runs = []
+    if opt.baseline:
+        runs.append(SweepRun(0.0, 0.0, "baseline_stage2", baseline=True, run_dir=Path(opt.baseline)))
+    for li, ll in parse_grid(opt.grid):
+        if li == 0 and ll == 0:
+            raise SweepError("--grid: the (0, 0) row is the stage-2 model: give it with --baseline RUN_DIR")
+        runs.append(SweepRun(li, ll, run_name(li, ll)))
+    return runs
+
+
+def _show(cmd: Sequence[str]) -> str:
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+def _execute(cmd: Sequence[str], what: str) -> None:
+    print(f"[sweep] {what}: {_show(cmd)}", flush=True)
+    start = time.time()
+    result = subprocess.run(list(cmd))
+    if result.returncode != 0:
+        raise SweepError(f"{what} failed with exit code {result.returncode}: {_show(cmd)}")
+    print(f"[sweep] {what} took {time.time() - start:.0f} s", flush=True)
+
+
+def sample_dir(opt: argparse.Namespace, run: SweepRun) -> Path:
+    return Path(opt.outdir) / "samples" / run.name
+
+
+def eval_dir(opt: argparse.Namespace, run: SweepRun) -> Path:
+    return Path(opt.outdir) / "eval" / run.name
+
+
+def train(opt: argparse.Namespace, run: SweepRun, dry_run: bool) -> None:
+    if run.baseline:
+        return
+    existing = None if opt.rerun else find_run_dir(Path(opt.logdir), run.name)
+    if existing is not None and (existing / TRAIN_DONE).is_file():
+        run.run_dir = existing
+        print(f"[sweep] {run.name}: training finished before ({existing}): skipped")
+        return
+    resume = existing if existing is not None and (existing / "checkpoints" / "last.ckpt").is_file() else None
+    cmd = train_command(opt, run, resume)
+    if dry_run:
+        print(_show(cmd))
+        run.run_dir = Path(opt.logdir) / f"<timestamp>_{run.name}"
+        return
+    _execute(cmd, f"{run.name}: training" + (" (resumed)" if resume else ""))
+    run.run_dir = find_run_dir(Path(opt.logdir), run.name)
+    if run.run_dir is None:
+        raise SweepError(f"{run.name}: main.py finished but no run directory *_{run.name} is in {opt.logdir}")
+    atomic_write_json(run.run_dir / TRAIN_DONE, {"lambda_image": run.lambda_image,
+                                                 "lambda_lesion": run.lambda_lesion, "command": cmd})
+
+
+def sample(opt: argparse.Namespace, run: SweepRun, dry_run: bool) -> None:
+    out = sample_dir(opt, run)
+    if not opt.rerun and (out / SAMPLE_DONE).is_file():
+        print(f"[sweep] {run.name}: sampling finished before ({out}): skipped")
+        return
+    cmd = sample_command(opt, run.run_dir, out)
+    if dry_run:
+        print(_show(cmd))
+        return
+    _execute(cmd, f"{run.name}: sampling")
+    atomic_write_json(out / SAMPLE_DONE, {"run_dir": str(run.run_dir), "steps": opt.steps, "command": cmd})
+
+
+def evaluate(opt: argparse.Namespace, run: SweepRun, dry_run: bool) -> None:
+    out = eval_dir(opt, run)
+    if not opt.rerun and (out / "metrics_summary.csv").is_file():
+        print(f"[sweep] {run.name}: scoring finished before ({out}): skipped")
+        return
+    cmd = evaluate_command(opt, run, sample_dir(opt, run), out)
+    if dry_run:
+        print(_show(cmd))
+        return
+    _execute(cmd, f"{run.name}: scoring")
+
+
+def read_summary(path: Path, run_name_: str) -> dict[str, dict[str, float | None]]:
+    """{modality: {metric: value}} from evaluate.py's metrics_summary.csv (empty cell -> None)."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("run") == run_name_]
+    scores: dict[str, dict[str, float | None]] = {}
+    for row in rows:
+        scores[row["modality"]] = {key: float(row[key]) if row.get(key) not in (None, "") else None
+                                   for key, _ in METRICS}
+    missing = [m for m in MODALITIES if m not in scores]
+    if missing:
+        raise SweepError(f"{path}: no row for run {run_name_!r} and modality {missing[0]!r}")
+    return scores
+
+
+def table_records(runs: Sequence[SweepRun], scores: dict[str, dict]) -> list[dict]:
+    records = []
+    for run in runs:
+        if run.name not in scores:
+            continue
+        record: dict = {"lambda_image": fmt(run.lambda_image), "lambda_lesion": fmt(run.lambda_lesion),
+                        "run": run.name}
+        for modality in MODALITIES:
+            for key, _ in METRICS:
+                record[f"{modality}_{key}"] = scores[run.name][modality][key]
+        records.append(record)
+    return records
+
+
+def table2_markdown(records: Sequence[dict]) -> str:
+    """Table 2's layout: the two weights, then DWI and ADC metrics; the best value of a column in bold."""
+    header = ["λ_image", "λ_lesion"] + [f"{m.upper()} {h}" for m in MODALITIES for _, h in METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    best = {}
+    for m in MODALITIES:
+        for key, h in METRICS:
+            values = [round(r[f"{m}_{key}"], DECIMALS[key]) for r in records if r[f"{m}_{key}"] is not None]
+            if len(values) > 1:
+                best[f"{m}_{key}"] = max(values) if "↑" in h else min(values)
+    for r in records:
+        cells = [r["lambda_image"], r["lambda_lesion"]]
+        for m in MODALITIES:
+            for key, _ in METRICS:
+                v = r[f"{m}_{key}"]
+                if v is None:
+                    cells.append("–")
+                    continue
+                text = f"{v:.{DECIMALS[key]}f}"
+                cells.append(f"**{text}**" if best.get(f"{m}_{key}") == round(v, DECIMALS[key]) else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(opt: argparse.Namespace, runs: Sequence[SweepRun]) -> tuple[Path, Path]:
+    scores = {}
+    for run in runs:
+        path = eval_dir(opt, run) / "metrics_summary.csv"
+        if path.is_file():
+            scores[run.name] = read_summary(path, run.name)
+    records = table_records(runs, scores)
+    if not records:
+        raise SweepError(f"no scored run under {Path(opt.outdir) / 'eval'}: nothing to tabulate")
+    columns = list(records[0].keys())
+    lines = [",".join(columns)] + [",".join("" if r[c] is None else str(r[c]) for c in columns) for r in records]
+    out = Path(opt.outdir)
+    csv_path, md_path = out / "table2.csv", out / "table2.md"
+    atomic_write_text(csv_path, "\n".join(lines) + "\n")
+    notes = [f"- {opt.steps} DDIM steps; samples under {out / 'samples'}; per-run scores under {out / 'eval'} "
+             f"(see each table1.md there for what was scored and left out)."]
+    if any(r["dwi_fid"] is None for r in records):
+        notes.append("- FID skipped where '–' (no Inception weights; see --inception_weights).")
+    atomic_write_text(md_path, table2_markdown(records) + "\n" + "\n".join(notes) + "\n")
+    return md_path, csv_path
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", nargs="+", default=None,
+                   help=f"config file(s) of the post-training runs (default {DEFAULT_CONFIG})")
+    p.add_argument("--outdir", default="sweeps/table2", help="folder for runs, samples, scores and the table")
+    p.add_argument("--logdir", default=None, help="where main.py puts the runs (default <outdir>/runs)")
+    p.add_argument("--grid", default=None,
+                   help="weight pairs as 'LI:LL,LL;LI:LL' (default: Table 2's ten post-trained rows)")
+    p.add_argument("--baseline", default=None, metavar="RUN_DIR",
+                   help="stage-2 run directory (or checkpoint): sampled and scored as the (0, 0) row")
+    p.add_argument("--data", default=None, help="data to sample (passed to sample_LDM.py --data)")
+    p.add_argument("--gt", default=None, help="raw ground-truth cohort folder (passed to evaluate.py --gt)")
+    p.add_argument("--steps", type=int, default=200, help="DDIM steps for sampling (paper: 200)")
+    p.add_argument("--seed", type=int, default=23, help="seed for training and sampling")
+    p.add_argument("--inception_weights", default=None, help="passed to evaluate.py for FID")
+    p.add_argument("--sample-arg", dest="sample_args", action="append", default=[], metavar="ARG",
+                   help="extra argument for sample_LDM.py (repeat, e.g. --sample-arg=--batch_size=48)")
+    p.add_argument("--python", default=sys.executable, help="interpreter for the runs")
+    p.add_argument("--train-only", action="store_true", help="train the runs, do not sample or score")
+    p.add_argument("--rerun", action="store_true", help="repeat steps that finished before")
+    p.add_argument("--dry-run", action="store_true", help="print the commands the sweep would run, run nothing")
+    p.add_argument("overrides_unparsed", nargs="*", metavar="key=value",
+                   help="dotlist overrides passed to every run (e.g. lightning.trainer.max_epochs=200)")
+    return p
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+)*=")
+
+
+def main(argv: list[str] | None = None) -> int:
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    # key=value tokens are taken out first: --base takes several files and would swallow them
+    overrides = [t for t in tokens if _OVERRIDE.match(t)]
+    opt = get_parser().parse_args([t for t in tokens if not _OVERRIDE.match(t)])
+    opt.overrides = overrides
+    try:
+        if opt.overrides_unparsed:
+            raise SweepError(f"unrecognised argument {opt.overrides_unparsed[0]!r} (overrides look like a.b.c=value)")
+        opt.logdir = Path(opt.logdir or Path(opt.outdir) / "runs")
+        if opt.steps < 1:
+            raise SweepError(f"--steps must be at least 1, got {opt.steps}")
+        if not opt.train_only and not opt.dry_run and (opt.data is None or opt.gt is None):
+            raise SweepError("sampling and scoring need --data (what to sample) and --gt (the raw cohort); "
+                             "or use --train-only")
+        if opt.base is None:
+            opt.base = [os.path.relpath(ROOT / DEFAULT_CONFIG)]
+        for path in opt.base:
+            if not Path(path).is_file():
+                raise SweepError(f"config file {path!r} does not exist")
+        if opt.baseline and not Path(opt.baseline).exists():
+            raise SweepError(f"--baseline {opt.baseline!r} does not exist")
+        opt.data = opt.data or "<DATA>"
+        opt.gt = opt.gt or "<GT>"
+        runs = plan_runs(opt)
+        print(f"[sweep] {len(runs)} run(s): " + ", ".join(r.name for r in runs), flush=True)
+        for run in runs:
+            train(opt, run, opt.dry_run)
+            if opt.train_only:
+                continue
+            sample(opt, run, opt.dry_run)
+            evaluate(opt, run, opt.dry_run)
+        if opt.dry_run or opt.train_only:
+            return 0
+        md_path, csv_path = write_tables(opt, runs)
+        print(md_path.read_text())
+        print(f"[sweep] wrote {md_path} and {csv_path}")
+        return 0
+    except SweepError as e:
+        print(f"lambda_sweep.py: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""scripts/lambda_sweep.py: the dry run lists the paper's Table 2 grid as main.py runs, skips and
+resumes finished work, and the table is gathered from evaluate.py's summary CSV."""
+import csv
+import importlib.util
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from ldm.evaluation.tables import write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+# Table 2 of the paper: the post-trained rows (the (0, 0) row is the stage-2 model)
+TABLE2 = {(0.01, 0.0), (0.01, 0.01), (0.01, 0.02), (0.01, 0.05), (0.05, 0.0), (0.05, 0.1), (0.05, 0.2),
+          (0.1, 0.0), (0.1, 0.1), (0.1, 0.2)}
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("lambda_sweep_script", ROOT / "scripts" / "lambda_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep = _load_script()
+
+
+def _commands(out: str, script: str) -> list[list[str]]:
+    return [shlex.split(line) for line in out.splitlines() if script in line and not line.startswith("[sweep]")]
+
+
+def _override(cmd: list[str], key: str) -> str:
+    return next(a.split("=", 1)[1] for a in cmd if a.startswith(key + "="))
+
+
+def test_dry_run_lists_table2_grid_with_overrides(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    rc = sweep.main(["--dry-run", "--outdir", str(tmp_path), "--base", "configs/latent-diffusion/ldm_lapt.yaml",
+                     "lightning.trainer.max_epochs=3", "--steps", "50", "data.params.batch_size=48"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    trains = _commands(out, "main.py")
+    pairs = {(float(_override(c, "model.params.lambda_image")), float(_override(c, "model.params.lambda_lesion")))
+             for c in trains}
+    assert pairs == TABLE2 and len(trains) == 10
+    for cmd in trains:
+        assert cmd[1:4] == ["main.py", "--base", "configs/latent-diffusion/ldm_lapt.yaml"] and "-t" in cmd
+        assert "lightning.trainer.max_epochs=3" in cmd and "data.params.batch_size=48" in cmd
+        name = cmd[cmd.index("-n") + 1]
+        assert re.fullmatch(r"lapt_li[\d.]+_ll[\d.]+", name)
+    samples = _commands(out, "sample_LDM.py")
+    assert len(samples) == 10 and all(c[c.index("--steps") + 1] == "50" for c in samples)
+    assert len(_commands(out, "evaluate.py")) == 10
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_baseline_is_sampled_not_trained_and_finished_steps_are_skipped(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    stage2 = tmp_path / "stage2_run"
+    (stage2 / "checkpoints").mkdir(parents=True)
+    runs = tmp_path / "out" / "runs"
+    done = runs / "2025-01-01T00-00-00_lapt_li0.01_ll0.02"
+    (done / "checkpoints").mkdir(parents=True)
+    (done / sweep.TRAIN_DONE).write_text("{}")
+    half = runs / "2025-01-01T00-00-00_lapt_li0.05_ll0.1"
+    (half / "checkpoints").mkdir(parents=True)
+    (half / "checkpoints" / "last.ckpt").write_bytes(b"")
+    scored = tmp_path / "out" / "eval" / "lapt_li0.01_ll0.02"
+    scored.mkdir(parents=True)
+    (scored / "metrics_summary.csv").write_text("run,modality\n")
+    rc = sweep.main(["--dry-run", "--outdir", str(tmp_path / "out"), "--baseline", str(stage2),
+                     "--grid", "0.01:0.02;0.05:0.1,0.2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    trains = _commands(out, "main.py")
+    assert len(trains) == 2  # 0.01/0.02 finished; 0.05/0.1 resumes; 0.05/0.2 starts
+    assert trains[0][trains[0].index("-r") + 1] == str(half)
+    assert "-n" in trains[1] and _override(trains[1], "model.params.lambda_lesion") == "0.2"
+    samples = _commands(out, "sample_LDM.py")
+    assert samples[0][samples[0].index("-r") + 1] == str(stage2)  # the (0, 0) row
+    assert samples[1][samples[1].index("-r") + 1] == str(done)
+    assert len(_commands(out, "evaluate.py")) == 3  # 0.01/0.02 was scored before
+    assert "scoring finished before" in out
+
+
+def test_grid_and_argument_errors(capsys):
+    assert sweep.parse_grid("0.01:0,0.02") == [(0.01, 0.0), (0.01, 0.02)]
+    for bad in ("0.01", "0.01:x", "0.01:0.02;0.01:0.02"):
+        with pytest.raises(sweep.SweepError):
+            sweep.parse_grid(bad)
+    assert sweep.main(["--grid", "0:0", "--dry-run"]) == 2
+    assert "--baseline" in capsys.readouterr().err
+    assert sweep.main(["--data", "x"]) == 2  # no --gt
+    assert sweep.main(["--dry-run", "--base", "nope.yaml"]) == 2
+
+
+def _summary(path: Path, run: str, dwi_lesion: float, adc_lesion: float) -> None:
+    rows = [{"run": run, "modality": m, "n_patients": 2, "n_slices": 10, "mae_mean": 0.07 + i * 0.01,
+             "mae_std": 0.01, "psnr_mean": 27.5, "psnr_std": 1.0, "ms_ssim_mean": 0.86, "ms_ssim_std": 0.01,
+             "lesion_mae_mean": v, "lesion_mae_std": 0.02, "n_lesion_slices": 3, "fid": None}
+            for i, (m, v) in enumerate((("dwi", dwi_lesion), ("adc", adc_lesion)))]
+    write_csv(rows, path / "metrics_summary.csv")
+
+
+def test_table2_gathered_from_evaluate_summaries(tmp_path):
+    out = tmp_path / "sweep"
+    opt = sweep.get_parser().parse_args(["--outdir", str(out)])
+    runs = [sweep.SweepRun(0.01, 0.02, sweep.run_name(0.01, 0.02)), sweep.SweepRun(0.05, 0.1, sweep.run_name(0.05, 0.1)),
+            sweep.SweepRun(0.1, 0.2, sweep.run_name(0.1, 0.2))]  # the last one was not scored
+    for run, (d, a) in zip(runs[:2], ((0.199, 0.105), (0.195, 0.093))):
+        (out / "eval" / run.name).mkdir(parents=True)
+        _summary(out / "eval" / run.name, run.name, d, a)
+    md_path, csv_path = sweep.write_tables(opt, runs)
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["lambda_image"], r["lambda_lesion"]) for r in rows] == [("0.01", "0.02"), ("0.05", "0.1")]
+    assert float(rows[1]["dwi_lesion_mae_mean"]) == pytest.approx(0.195)
+    assert rows[0]["dwi_fid"] == ""
+    md = md_path.read_text()
+    header = md.splitlines()[0]
+    assert header.startswith("| λ_image | λ_lesion | DWI MAE↓ | DWI Lesion MAE↓ | DWI PSNR↑ | DWI MS-SSIM↑ | DWI FID↓")
+    assert "| 0.05 | 0.1 | **0.070** | **0.195** |" in md and "| 0.01 | 0.02 | **0.070** | 0.199 |" in md  # ties: both bold
