@@ -134,12 +134,15 @@ def test_sampler_does_not_touch_x_T_and_checks_shapes():
         DDIMSampler(model).sample(S=4, batch_size=2, shape=SHAPE, conditioning=c, x_T=x_T[:, :1], verbose=False)
 
 
-def test_sampler_runs_under_inference_mode_on_the_models_device():
+def test_sampler_runs_in_place_under_inference_mode_on_the_models_device():
     model = AnalyticModel()
     seen = []
     original = model.apply_model
-    model.apply_model = lambda x, t, c: (seen.append((torch.is_inference_mode_enabled(), x.device)), original(x, t, c))[1]
-    out, _ = DDIMSampler(model).sample(S=3, batch_size=2, shape=SHAPE, conditioning=torch.zeros(2, *SHAPE),
-                                       verbose=False)
-    assert seen and all(flag and dev == model.alphas_cumprod.device for flag, dev in seen)
-    assert out.device == model.alphas_cumprod.device
+    model.apply_model = lambda x, t, c: (seen.append((torch.is_inference_mode_enabled(), x.device, x.data_ptr(),
+                                                      t.data_ptr())), original(x, t, c))[1]
+    out, _ = DDIMSampler(model).sample(S=4, batch_size=2, shape=SHAPE, conditioning=torch.zeros(2, *SHAPE),
+                                       eta=1.0, verbose=False)
+    assert len(seen) == 4 and all(flag and dev == model.alphas_cumprod.device for flag, dev, _, _ in seen)
+    # x and the timestep tensor are one buffer each, updated in place at every step
+    assert len({ptr for *_, ptr, _ in seen}) == 1 and len({ptr for *_, ptr in seen}) == 1
+    assert out.device == model.alphas_cumprod.device and out.data_ptr() == seen[0][2]
