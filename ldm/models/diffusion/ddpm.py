@@ -77,7 +77,13 @@ class DiffusionWrapper(nn.Module):
 
 
 class DDPM(pl.LightningModule):
-    """Gaussian diffusion (Ho et al., 2020) around a UNet; in pixel space unless subclassed."""
+    """Gaussian diffusion (Ho et al., 2020) around a UNet; in pixel space unless subclassed.
+
+    Parameters are CompVis's (``clip_denoised`` is accepted for CompVis configs; the DDIM sampler
+    here does not clip x0_hat), plus: ``ema_decay`` (CompVis fixes 0.9999), ``log_ddim_steps`` (DDIM
+    steps of the samples in ``log_images``), ``compile_unet`` / ``compile_kwargs`` (run the UNet
+    through ``torch.compile(**compile_kwargs)``; the state dict is unchanged).
+    """
 
     def __init__(self, unet_config: Mapping, timesteps: int = 1000, beta_schedule: str = "linear",
                  loss_type: str = "l2", ckpt_path: str | None = None, ignore_keys: Sequence[str] = (),
