@@ -123,7 +123,8 @@ def test_ema_update_formula_and_compvis_buffer_names():
     torch.testing.assert_close(ema.get_buffer("0weight"), d * start + (1 - d) * (start + 1.0))
     ema(net)  # n = 2: decay = min(0.9, 3 / 12)
     d2 = 3 / 12
-    torch.testing.assert_close(ema.get_buffer("0weight"), d2 * (d * start + (1 - d) * (start + 1)) + (1 - d2) * (start + 1))
+    after_first = d * start + (1 - d) * (start + 1.0)
+    torch.testing.assert_close(ema.get_buffer("0weight"), d2 * after_first + (1 - d2) * (start + 1.0))
     assert int(ema.num_updates) == 2
 
 

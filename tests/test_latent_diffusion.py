@@ -309,7 +309,8 @@ def test_init_from_ckpt_round_trip_and_checks(tmp_path):
     torch.save(scaled.state_dict(), tmp_path / "scaled.ckpt")
     with pytest.raises(ConfigError, match="scale_by_std: true"):
         make_model(ckpt_path=str(tmp_path / "scaled.ckpt"))
-    assert float(make_model(ckpt_path=str(tmp_path / "scaled.ckpt"), scale_by_std=True).scale_factor) == pytest.approx(0.7)
+    reloaded = make_model(ckpt_path=str(tmp_path / "scaled.ckpt"), scale_by_std=True)
+    assert float(reloaded.scale_factor) == pytest.approx(0.7)
 
 
 def test_compile_switch_routes_the_unet_through_torch_compile(monkeypatch):

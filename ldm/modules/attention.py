@@ -74,7 +74,8 @@ class AttentionBlock(nn.Module):
             self.num_heads = num_heads
         else:
             if channels % num_head_channels:
-                raise ValueError(f"attention width {channels} is not divisible by num_head_channels {num_head_channels}")
+                raise ValueError(f"attention width {channels} is not divisible by num_head_channels "
+                                 f"{num_head_channels}")
             self.num_heads = channels // num_head_channels
         if self.num_heads < 1 or channels % self.num_heads:
             raise ValueError(f"attention width {channels} cannot be split into {self.num_heads} heads")

@@ -84,7 +84,8 @@ class DDIMSampler:
 
     @torch.inference_mode()
     def p_sample_ddim(self, x: torch.Tensor, c: Any, t: torch.Tensor, index: int, temperature: float = 1.0,
-                      noise_dropout: float = 0.0, noise_generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      noise_dropout: float = 0.0, noise_generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step from x_t (timestep ``t``, position ``index`` in the schedule) -> (x_prev, x0_hat).
 
         Call :meth:`make_schedule` first. ``x`` is not modified.

@@ -255,7 +255,8 @@ class DDPM(pl.LightningModule):
                               f"set timesteps/linear_start/linear_end/beta_schedule as in training")
 
     # ----------------------------------------------------------------------------- diffusion math
-    def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and log-variance of q(x_t | x_0) (Eq. 2)."""
         mean = extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
         variance = extract_into_tensor(1.0 - self.alphas_cumprod, t, x_start.shape)
@@ -496,7 +497,8 @@ class LatentDiffusion(DDPM):
     """
 
     def __init__(self, first_stage_config: Mapping, cond_stage_config: Mapping, unet_config: Mapping,
-                 cond_stage_key: str = "ctp", cond_stage_trainable: bool = False, conditioning_key: str | None = "concat",
+                 cond_stage_key: str = "ctp", cond_stage_trainable: bool = False,
+                 conditioning_key: str | None = "concat",
                  concat_mode: bool = True, num_timesteps_cond: int | None = None, scale_factor: float = 1.0,
                  scale_by_std: bool = False, ckpt_path: str | None = None, ignore_keys: Sequence[str] = (),
                  load_only_unet: bool = False, timesteps: int = 1000, beta_schedule: str = "linear",
@@ -659,11 +661,11 @@ class LatentDiffusion(DDPM):
         want = None if in_channels is None else in_channels - x_noisy.shape[1]
         if (cond.dim() != x_noisy.dim() or cond.shape[0] != x_noisy.shape[0] or cond.shape[2:] != x_noisy.shape[2:]
                 or (want is not None and cond.shape[1] != want)):
-            raise ValueError(
-                f"condition {_shape(cond)} does not fit latent {_shape(x_noisy)}: concat conditioning needs the "
-                f"latent's batch and spatial size" + (f" and {want} channels (UNet in_channels {in_channels} - "
-                                                      f"{x_noisy.shape[1]} latent channels)" if want is not None else "")
-                + "; check cond_stage_config (n_stages, out_channels) against the image size")
+            channels = (f" and {want} channels (UNet in_channels {in_channels} - {x_noisy.shape[1]} latent channels)"
+                        if want is not None else "")
+            raise ValueError(f"condition {_shape(cond)} does not fit latent {_shape(x_noisy)}: concat conditioning "
+                             f"needs the latent's batch and spatial size{channels}; check cond_stage_config "
+                             f"(n_stages, out_channels) against the image size")
 
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """eps_theta(z_t, t, c~) (or the x0 prediction) with c~ concatenated to z_t along channels."""

@@ -196,7 +196,8 @@ class UNetModel(nn.Module):
         self.time_embed = nn.Sequential(linear(model_channels, time_embed_dim), nn.SiLU(),
                                         linear(time_embed_dim, time_embed_dim))
 
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(2, in_channels, model_channels, 3, padding=1))])
+        self.input_blocks = nn.ModuleList(
+            [TimestepEmbedSequential(conv_nd(2, in_channels, model_channels, 3, padding=1))])
         input_block_chans, ch, ds = [model_channels], model_channels, 1
         for level, mult in enumerate(self.channel_mult):
             for _ in range(num_res_blocks):
@@ -207,7 +208,8 @@ class UNetModel(nn.Module):
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 input_block_chans.append(ch)
             if level != len(self.channel_mult) - 1:
-                down = resblock(ch, ch, down=True) if resblock_updown else Downsample(ch, conv_resample, out_channels=ch)
+                down = (resblock(ch, ch, down=True) if resblock_updown
+                        else Downsample(ch, conv_resample, out_channels=ch))
                 self.input_blocks.append(TimestepEmbedSequential(down))
                 input_block_chans.append(ch)
                 ds *= 2
