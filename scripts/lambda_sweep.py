@@ -240,14 +240,15 @@ def table_records(runs: Sequence[SweepRun], scores: dict[str, dict]) -> list[dic
 
 
 def table2_markdown(records: Sequence[dict]) -> str:
-    """Table 2's layout: the two weights, then DWI and ADC metrics; the best value of a column in bold."""
+    """Table 2's layout: the two weights, then DWI and ADC metrics; the best value of a column in bold
+    (ties all bold)."""
     header = ["λ_image", "λ_lesion"] + [f"{m.upper()} {h}" for m in MODALITIES for _, h in METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = {}
     for m in MODALITIES:
         for key, h in METRICS:
             values = [round(r[f"{m}_{key}"], DECIMALS[key]) for r in records if r[f"{m}_{key}"] is not None]
-            if len(values) > 1:
+            if len(set(values)) > 1:  # nothing to single out when every row shows the same value
                 best[f"{m}_{key}"] = max(values) if "↑" in h else min(values)
     for r in records:
         cells = [r["lambda_image"], r["lambda_lesion"]]
