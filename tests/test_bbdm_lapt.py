@@ -167,3 +167,24 @@ def test_validation_lesion_mae_uses_the_bridge_sampler(bridge_ckpt):
     # deterministic: a second evaluation gives the same number
     torch.testing.assert_close(model.lesion_mae(batch["ctp"][:1], batch["mri"][:1], batch["lesion"][:1]), direct)
     assert IMAGE == batch["mri"].shape[-1]
+
+
+def test_lightning_fit_logs_the_post_training_terms_and_lesion_mae(bridge_ckpt):
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    model = post_trained(bridge_ckpt, use_ema=True, lesion_mae_slices=2, lesion_mae_ddim_steps=2)
+    model.learning_rate = 1e-4
+    data = [{k: v[i] for k, v in tiny_batch(b=2).items() if isinstance(v, torch.Tensor)} for i in range(2)]
+    loader = DataLoader(data, batch_size=1)
+    before = [p.detach().clone() for p in model.model.parameters()]
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=1, val_check_interval=2,
+                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(model, loader, loader)
+    metrics = trainer.callback_metrics
+    for key in ("train/loss_latent", "train/loss_image", "train/loss_lesion", "val/loss_simple", "val/loss_simple_ema",
+                "val/lesion_mae"):
+        assert key in metrics and torch.isfinite(metrics[key]), key
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.model.parameters()))
+    assert int(model.model_ema.num_updates) == 2

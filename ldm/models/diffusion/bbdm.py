@@ -21,7 +21,7 @@ from torch import nn
 from ldm.models.diffusion.bridge_schedule import make_bridge_schedule
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.modules.diffusionmodules.util import extract_into_tensor
-from ldm.util import ConfigError, default, instantiate_from_config, load_state_dict
+from ldm.util import ConfigError, default, instantiate_from_config
 
 OBJECTIVES = ("grad", "noise", "ysubx")
 
@@ -135,20 +135,24 @@ class LatentBrownianBridge(LatentDiffusion):
         self.register_buffer("m_t", torch.tensor(sched.m_t, dtype=torch.float32))
         self.register_buffer("delta_t", torch.tensor(sched.delta_t, dtype=torch.float32))
 
+    def check_checkpoint(self, sd: Mapping[str, torch.Tensor], path: str) -> None:
+        """Refuse a checkpoint of a Gaussian diffusion model (whose UNet can still warm-start a bridge
+        with ``load_only_unet``) or of another bridge schedule; LatentDiffusion's latent-scaling check."""
+        if "betas" in sd:
+            raise ConfigError(f"checkpoint {path!r} is a Gaussian diffusion (LDM) checkpoint, not a Brownian "
+                              f"bridge one; set load_only_unet: true to start the bridge's UNet from it")
+        m_t = sd.get("m_t")
+        if m_t is not None and (m_t.shape != self.m_t.shape
+                                or not torch.allclose(m_t.float().cpu(), self.m_t.cpu(), atol=1e-6)):
+            raise ConfigError(f"checkpoint {path!r} was trained with another bridge schedule (m_t over "
+                              f"{m_t.shape[0] - 1} steps up to {float(m_t[-1]):.6g}; config: {self.num_timesteps} "
+                              f"steps up to {float(self.m_t[-1]):.6g}): set timesteps/m_min/m_max/mt_schedule as "
+                              f"in training")
+        super().check_checkpoint(sd, path)
+
     def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] = (), only_model: bool = False
                        ) -> tuple[list[str], list[str]]:
-        """LatentDiffusion's loading, refusing a checkpoint of another bridge schedule or of a
-        Gaussian diffusion model (whose UNet can still warm-start a bridge with ``load_only_unet``)."""
-        if not only_model:
-            sd = load_state_dict(path)
-            if "betas" in sd:
-                raise ConfigError(f"checkpoint {path!r} is a Gaussian diffusion (LDM) checkpoint, not a Brownian "
-                                  f"bridge one; set load_only_unet: true to start the bridge's UNet from it")
-            if "m_t" in sd and (sd["m_t"].shape != self.m_t.shape
-                                or not torch.allclose(sd["m_t"].float().cpu(), self.m_t.cpu(), atol=1e-6)):
-                raise ConfigError(f"checkpoint {path!r} was trained with another bridge schedule (m_t over "
-                                  f"{sd['m_t'].shape[0] - 1} steps up to {float(sd['m_t'][-1]):.6g}, config: "
-                                  f"{self.num_timesteps} steps up to {float(self.m_t[-1]):.6g})")
+        """LatentDiffusion's loading (with :meth:`check_checkpoint`); the source map must be in it."""
         missing, unexpected = super().init_from_ckpt(path, ignore_keys=ignore_keys, only_model=only_model)
         lost = [k for k in missing if k.startswith("source_stage_model.")]
         if lost:
