@@ -108,8 +108,8 @@ def _summary(path: Path, run: str, dwi_lesion: float, adc_lesion: float) -> None
 def test_table2_gathered_from_evaluate_summaries(tmp_path):
     out = tmp_path / "sweep"
     opt = sweep.get_parser().parse_args(["--outdir", str(out)])
-    runs = [sweep.SweepRun(0.01, 0.02, sweep.run_name(0.01, 0.02)), sweep.SweepRun(0.05, 0.1, sweep.run_name(0.05, 0.1)),
-            sweep.SweepRun(0.1, 0.2, sweep.run_name(0.1, 0.2))]  # the last one was not scored
+    # the last run was not scored
+    runs = [sweep.SweepRun(li, ll, sweep.run_name(li, ll)) for li, ll in ((0.01, 0.02), (0.05, 0.1), (0.1, 0.2))]
     for run, (d, a) in zip(runs[:2], ((0.199, 0.105), (0.195, 0.093))):
         (out / "eval" / run.name).mkdir(parents=True)
         _summary(out / "eval" / run.name, run.name, d, a)

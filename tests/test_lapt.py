@@ -10,6 +10,14 @@ from ldm.models.diffusion.image_space_loss import image_space_losses
 from tests.test_lapt_fixtures import LINEAR, T, build, lapt_config, make_batch, stage2_config
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread; two threads on a shared 2-core machine spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 def _fixed_inputs(model, batch, t=(3, 20, 41), seed=1):
     """(z, ctp, t, noise, loss kwargs) for a batch, with fixed timesteps and noise."""
     z, ctp = model.get_input(batch, "mri")
@@ -203,3 +211,30 @@ def test_missing_lesion_key_and_bad_settings_are_clear(stage2):
         build(lapt_config(image_target="recon"))
     with pytest.raises(ConfigError, match="lambda_imge"):
         build(lapt_config(lambda_imge=0.1))
+
+
+def _saved_bytes(fn):
+    """Bytes of the tensors autograd keeps for the backward pass while ``fn`` runs."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total[0]
+
+
+def test_decoder_checkpointing_keeps_fewer_activations_same_gradients(stage2):
+    batch = make_batch()
+    grads, saved = {}, {}
+    for checkpointing in (False, True):
+        lapt = _lapt_like(stage2, lambda_image=1.0, lambda_lesion=1.0, decoder_checkpointing=checkpointing).train()
+        z, ctp, t, noise, kwargs = _fixed_inputs(lapt, batch)
+        (loss, _), saved[checkpointing] = _saved_bytes(lambda: lapt(z, ctp, t=t, noise=noise, **kwargs))
+        loss.backward()
+        grads[checkpointing] = _grads(lapt)
+    assert saved[True] < 0.75 * saved[False]  # the full-resolution decoder dominates what is kept
+    for name in grads[False]:
+        torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-4, atol=1e-6)

@@ -14,6 +14,14 @@ from ldm.util import ConfigError
 from tests.test_lapt_fixtures import build, lapt_config, make_batch, save_stage2_checkpoint
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread; two threads on a shared 2-core machine spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture(scope="module")
 def stage2_ckpt(tmp_path_factory):
     return save_stage2_checkpoint(tmp_path_factory.mktemp("stage2") / "last.ckpt")
