@@ -177,17 +177,6 @@ class LesionAwareLatentDiffusion(LatentDiffusion):
         return {"mask": DDPM.get_input(self, batch, "mask"), "lesion": DDPM.get_input(self, batch, "lesion"),
                 "x": DDPM.get_input(self, batch, self.first_stage_key)}
 
-    def forward(self, z: torch.Tensor, c: Any, /, *args: Any, t: torch.Tensor | None = None, **kwargs: Any):
-        """LatentDiffusion.forward with positional-only latent and condition: the MRI batch reaches
-        p_losses as the keyword ``x`` (DESIGN.md), which the base signature ``forward(x, c, ...)``
-        would take for its own first argument."""
-        t = default(t, lambda: self.sample_timesteps(z.shape[0]))
-        if c is None:
-            raise ValueError("LatentDiffusion is conditional but no condition was given")
-        if self.cond_stage_trainable:
-            c = self.get_learned_conditioning(c)
-        return self.p_losses(z, c, t, *args, **kwargs)
-
     def p_losses(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor, noise: torch.Tensor | None = None,
                  mask: torch.Tensor | None = None, lesion: torch.Tensor | None = None,
                  x: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
