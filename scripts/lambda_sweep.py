@@ -1,6 +1,6 @@
 """Run the loss-weight sweep of the paper's Table 2: post-train, sample and score one run per weight pair.
 
-    python scripts/lambda_sweep.py --data data/npy/test --gt data/raw/test --outdir sweeps/table2 \
+    python scripts/lambda_sweep.py --data data/npy/test --gt data/raw/test --outdir sweeps/table2 \\
         --baseline logs/<stage-2 run> model.params.ckpt_path=logs/<stage-2 run>/checkpoints/last.ckpt
     python scripts/lambda_sweep.py --dry-run                 # print the commands, run nothing
     python scripts/lambda_sweep.py --grid "0.01:0.02,0.05" --train-only lightning.trainer.max_epochs=200
