@@ -172,6 +172,8 @@ def test_config_errors():
         tiny_bridge(objective="eps")
     with pytest.raises(ConfigError, match="sample_steps"):
         tiny_bridge(sample_steps=T + 1)
+    with pytest.raises(ConfigError, match="m_max"):
+        tiny_bridge(m_max=1.0)
 
 
 def test_checkpoint_round_trip_and_schedule_check(tmp_path):

@@ -102,6 +102,8 @@ class LatentBrownianBridge(LatentDiffusion):
             raise ConfigError(f"objective {objective!r} is not one of {OBJECTIVES}")
         if source_loss_weight < 0:
             raise ConfigError(f"source_loss_weight must be >= 0, got {source_loss_weight}")
+        if sample_eta < 0:
+            raise ConfigError(f"sample_eta must be >= 0, got {sample_eta}")
         if not 1 <= sample_steps <= timesteps:
             raise ConfigError(f"sample_steps must be in 1..timesteps ({timesteps}), got {sample_steps}")
         # Read by register_schedule, which DDPM.__init__ calls (plain attributes may precede Module.__init__).
@@ -130,7 +132,10 @@ class LatentBrownianBridge(LatentDiffusion):
     def register_schedule(self, **unused: Any) -> None:
         """Register m_t and delta_t (t = 0..T, float32 buffers computed in float64); DDPM's beta
         arguments are ignored."""
-        sched = make_bridge_schedule(**self.bridge_settings)
+        try:
+            sched = make_bridge_schedule(**self.bridge_settings)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
         self.num_timesteps = sched.num_timesteps
         self.register_buffer("m_t", torch.tensor(sched.m_t, dtype=torch.float32))
         self.register_buffer("delta_t", torch.tensor(sched.delta_t, dtype=torch.float32))
