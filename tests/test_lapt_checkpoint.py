@@ -134,3 +134,20 @@ def test_short_fit_bf16_logs_losses_and_lesion_mae(stage2_ckpt, tmp_path):
         assert torch.equal(v.cpu(), sd["first_stage_model." + k]), k
     changed = [n for n, p in model.model.named_parameters() if not torch.equal(p.cpu(), sd[_ema_key(n)])]
     assert changed  # the UNet did train
+
+
+def test_stage2_latent_scale_carries_over_and_is_not_recomputed(tmp_path):
+    from tests.test_lapt_fixtures import stage2_config
+
+    stage2_cfg = stage2_config(use_ema=True, scale_factor=1.0)
+    stage2_cfg["params"]["scale_by_std"] = True
+    stage2 = build(stage2_cfg)
+    stage2.scale_factor.fill_(0.37)  # as set from the first stage-2 batch
+    path = tmp_path / "stage2_std.ckpt"
+    torch.save({"state_dict": stage2.state_dict()}, path)
+    model = build(lapt_config(str(path), scale_by_std=True, scale_factor=1.0))
+    assert model.scale_factor.item() == pytest.approx(0.37) and model._scale_factor_loaded
+    model.on_train_batch_start(make_batch(b=2, lesion_slices=(0,)), 0)  # scale_by_std would recompute it here otherwise
+    assert model.scale_factor.item() == pytest.approx(0.37)
+    with pytest.raises(ConfigError, match="scale_by_std"):
+        build(lapt_config(str(path)))  # a post-training config that forgot the stage-2 scaling
