@@ -119,17 +119,20 @@ def test_fast_path_gives_the_plain_loss_and_gradients(name, reference_state, pla
 def _saved_activation_bytes(fn: Callable[[], torch.Tensor], model: torch.nn.Module) -> int:
     """Bytes of the distinct non-parameter tensors autograd keeps for backward while ``fn`` runs."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
+    # Holding each storage until the end keeps its address from being reused by a later tensor
+    # (a saved tensor of a branch that does not reach the loss is freed early), which would make
+    # two storages count as one depending on the allocator.
+    saved: dict[int, torch.UntypedStorage] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
+            saved[storage.data_ptr()] = storage
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return sum(saved.values())
+    return sum(storage.nbytes() for storage in saved.values())
 
 
 def _step_bytes(model) -> int:
