@@ -63,8 +63,8 @@ def _params(module: torch.nn.Module) -> int:
     return _count(sum(p.numel() for p in module.parameters()))
 
 
-def _free(*objects: Any) -> None:
-    del objects
+def _free() -> None:
+    """Return freed memory (callers ``del`` their references first) so the next peak is its own."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -91,6 +91,8 @@ class BenchmarkRun:
         self.latent_size = bench_models.latent_size(config)
         self.device = settings.device
         self.precision = settings.precision
+        if self.device.type == "cuda":  # cuDNN autotuning, as lightning.trainer.benchmark: true in training
+            torch.backends.cudnn.benchmark = bool(bench.cudnn_benchmark)
         self.machine = describe_machine(self.device)
         name = self.machine.get("device_name", "")
         self.peak_tflops = settings.peak_tflops or (
@@ -152,7 +154,8 @@ class BenchmarkRun:
         stage2 = 3 * unet + enc
         out["estimated_lapt_over_ldm_flops"] = (stage2 + 2 * dec) / stage2
         out["estimated_lapt_over_ldm_flops_decoder_checkpointing"] = (stage2 + 3 * dec) / stage2
-        _free(ldm)
+        del ldm, unet
+        _free()
         return out
 
     def diffusion_step(self, name: str, model: torch.nn.Module) -> dict[str, Any]:
@@ -219,7 +222,8 @@ class BenchmarkRun:
                   **self._measure("vqgan", make(batch))}
         result.update(self._step_flops(model, make, batch))
         self._utilisation(result)
-        _free(model, optimizers)
+        del model, optimizers
+        _free()
         return result
 
     # --------------------------------------------------------------------------------- all
@@ -230,7 +234,7 @@ class BenchmarkRun:
             "load_average_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "precision": self.precision, "batch_size": self.batch_size, "image_size": list(self.image_size),
             "latent_size": list(self.latent_size), "repeats": self.repeats, "warmup": self.warmup,
-            "peak_tflops": self.peak_tflops, "results": {},
+            "peak_tflops": self.peak_tflops, "cudnn_benchmark": torch.backends.cudnn.benchmark, "results": {},
         }
         results = report["results"]
         started = time.perf_counter()
@@ -243,12 +247,14 @@ class BenchmarkRun:
                 results["ldm"] = self.diffusion_step("ldm", ldm)
             if "sample" in parts:
                 results["sample"] = self.sampling(ldm.to(self.device))
-            _free(ldm)
+            del ldm
+            _free()
         if "lapt" in parts:
             lapt = bench_models.build_lapt(self.config)
             results["lapt"] = self.diffusion_step("lapt", lapt)
             results["lapt"]["decoder_checkpointing"] = bool(lapt.image_objective.decoder_checkpointing)
-            _free(lapt)
+            del lapt
+            _free()
         if "ldm" in results and "lapt" in results:
             results["lapt_over_ldm"] = results["lapt"]["median_s"] / results["ldm"]["median_s"]
         if "vqgan" in parts:
