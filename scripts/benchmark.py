@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from ldm.benchmark.models import load_benchmark_config  # noqa: E402
 from ldm.benchmark.report import format_report  # noqa: E402
 from ldm.benchmark.runner import PARTS, BenchmarkRun, Settings  # noqa: E402
-from ldm.benchmark.steps import PRECISIONS  # noqa: E402
+from ldm.precision import PRECISIONS  # noqa: E402
 from ldm.io import atomic_write_json  # noqa: E402
 from ldm.util import ConfigError  # noqa: E402
 

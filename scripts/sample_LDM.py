@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ldm.precision import PRECISIONS  # noqa: E402
+
 EXIT_USER_ERROR = 2
 SETTINGS_FILE = "sampling.json"
 
@@ -55,6 +57,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", default=None, help="output folder (default: <run>/samples/<steps>)")
     p.add_argument("-s", "--seed", type=int, default=23, help="seed of the per-slice initial noise")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--precision", default="32", choices=PRECISIONS,
+                   help="bf16-mixed: UNet and decoder under bf16 autocast (about 2x faster on a recent GPU; "
+                        "the sampler's latent stays float32)")
     p.add_argument("--workers", type=int, default=1, help="processes for preprocessing a raw cohort")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
@@ -70,11 +75,13 @@ def check_settings(outdir: Path, settings: dict) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text())
-    keys = ["checkpoint", "steps", "eta", "seed", "overrides"] + (["batch_size"] if settings["eta"] > 0 else [])
-    differ = [k for k in keys if old.get(k) != settings.get(k)]
+    keys = ["checkpoint", "steps", "eta", "seed", "overrides", "precision"] + (["batch_size"] if settings["eta"] > 0
+                                                                                 else [])
+    defaults = {"precision": "32"}  # folders written before the setting existed
+    differ = [k for k in keys if old.get(k, defaults.get(k)) != settings.get(k)]
     if differ:
         k = differ[0]
-        raise ConfigError(f"--outdir {str(outdir)!r} holds samples made with {k}={old.get(k)!r} (now "
+        raise ConfigError(f"--outdir {str(outdir)!r} holds samples made with {k}={old.get(k, defaults.get(k))!r} (now "
                           f"{settings.get(k)!r}): resuming would mix them; choose another --outdir")
 
 
@@ -124,13 +131,14 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
         raise ConfigError("give --outdir")
     settings = {"checkpoint": str(run_files.checkpoint.resolve()), "configs": [str(c) for c in run_files.configs],
                 "overrides": list(overrides), "data": str(data), "steps": opt.steps, "eta": opt.eta,
-                "seed": opt.seed, "n_samples": opt.n_samples, "batch_size": opt.batch_size}
+                "seed": opt.seed, "n_samples": opt.n_samples, "batch_size": opt.batch_size,
+                "precision": opt.precision}
     check_settings(outdir, settings)
 
     device = choose_device(opt.device)
     model = load_model(config, run_files.checkpoint, device)
     try:
-        sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta)
+        sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta, precision=opt.precision)
     except ValueError as e:  # e.g. more steps than the model's T
         raise ConfigError(f"--steps {opt.steps} / --eta {opt.eta}: {e}") from e
     ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
@@ -153,7 +161,7 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
             print(f"{len(ctp_only)} CTP-only patient(s): DWI/ADC scale from the cohort reference "
                   f"({reference.source or 'reference.json'})")
         print(f"sampling {len(opt.patients or records)} patient(s) of {data}: {opt.n_samples} sample(s), "
-              f"{opt.steps} DDIM steps, eta {opt.eta}, batch {opt.batch_size} -> {outdir}")
+              f"{opt.steps} DDIM steps, eta {opt.eta}, batch {opt.batch_size}, precision {opt.precision} -> {outdir}")
         outdir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(outdir / SETTINGS_FILE, settings)
         with torch.inference_mode():

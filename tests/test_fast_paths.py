@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from ldm.benchmark.models import build_lapt, build_ldm, load_benchmark_config
-from ldm.benchmark.steps import precision_context, synthetic_batch
+from ldm.benchmark.steps import synthetic_batch
+from ldm.precision import precision_context
 
 SMALL = Path(__file__).resolve().parents[1] / "configs" / "benchmark" / "small.yaml"
 # lambdas 1 so that the image-space terms carry weight in the gradients being compared
@@ -192,11 +193,8 @@ def test_bf16_autocast_of_lightnings_precision_is_close_to_float32(reference_sta
     assert torch.nn.functional.cosine_similarity(flat16, flat32, dim=0) > 0.99
 
 
-@pytest.mark.xfail(strict=False, raises=TypeError,
-                   reason="no bf16 switch for sampling yet: DDIMSliceSampler / scripts/sample_LDM.py always run "
-                          "the UNet in float32 (needed for the paper-scale 15-minute sampling target)")
 def test_sampling_in_bf16_is_close_to_float32(reference_state):
-    from ldm.inference.slice_sampler import DDIMSliceSampler
+    from ldm.inference.slice_sampler import DDIMSliceSampler, make_slice_sampler
 
     model = build_ldm(_config([]))
     model.load_state_dict(reference_state)
@@ -208,14 +206,20 @@ def test_sampling_in_bf16_is_close_to_float32(reference_state):
         return x_T.clone()
 
     reference = DDIMSliceSampler(model, steps=4)(ctp, noise)
-    fast_sampler = DDIMSliceSampler(model, steps=4, precision="bf16-mixed")
-    dtypes = []
-    hook = model.model.diffusion_model.input_blocks[0][0].register_forward_hook(
-        lambda mod, args, out: dtypes.append(out.dtype))
+    fast_sampler = make_slice_sampler(model, steps=4, eta=0.0, precision="bf16-mixed")
+    dtypes = {"unet": [], "decoder": []}
+    hooks = [module.register_forward_hook(lambda mod, args, out, key=key: dtypes[key].append(out.dtype))
+             for key, module in (("unet", model.model.diffusion_model.input_blocks[0][0]),
+                                 ("decoder", model.first_stage_model.decoder.conv_out))]
     fast = fast_sampler(ctp, noise)
-    hook.remove()
-    assert dtypes and all(d == torch.bfloat16 for d in dtypes)
+    for hook in hooks:
+        hook.remove()
+    assert len(dtypes["unet"]) == 4 and all(d == torch.bfloat16 for d in dtypes["unet"])
+    assert dtypes["decoder"] == [torch.bfloat16]
     assert fast.dtype == torch.float32
+    assert make_slice_sampler(model, steps=4, eta=0.0).__class__ is DDIMSliceSampler  # float32: no wrapper
+    with pytest.raises(ValueError, match="precision"):
+        make_slice_sampler(model, steps=4, eta=0.0, precision="16-mixed")
     # bf16 keeps ~3 significant digits: on images in [-1, 1] (measured with plain autocast here:
     # mean 0.008, max 0.049 after 4 steps)
     error = (fast - reference).abs()

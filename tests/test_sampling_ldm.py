@@ -210,3 +210,20 @@ def test_user_errors_are_one_line(setup, tmp_path, capsys):
         rc = sample_script.main(["--steps", "2"] + args + ["--data", str(raw), "--outdir", str(tmp_path / "o"),
                                                            "--device", "cpu", "--no_progress"])
         assert rc == 2 and message in error_line(capsys.readouterr().err), args
+
+
+def test_bf16_sampling_is_close_to_float32_and_is_not_mixed_with_it(setup, tmp_path, capsys):
+    root, raw, npy, run, *_ = setup
+    assert sample(run, raw, tmp_path / "fp32", "--batch_size", "4", "--patients", "P001") == 0
+    assert sample(run, raw, tmp_path / "bf16", "--batch_size", "4", "--patients", "P001",
+                  "--precision", "bf16-mixed") == 0
+    assert "precision bf16-mixed" in capsys.readouterr().out
+    fp32, bf16 = volumes(tmp_path / "fp32"), volumes(tmp_path / "bf16")
+    assert sorted(bf16) == sorted(fp32)
+    for name, data in fp32.items():
+        scale = np.abs(data).max()
+        error = np.abs(bf16[name].astype(np.float64) - data) / scale
+        assert 0 < error.max() < 0.1 and error.mean() < 0.01, name  # bf16 ran, and stayed close
+    # a float32 run does not resume into a bf16 folder
+    assert sample(run, raw, tmp_path / "bf16", "--batch_size", "4", "--patients", "P001") == 2
+    assert "precision='bf16-mixed'" in error_line(capsys.readouterr().err)

@@ -28,13 +28,13 @@ from ldm.benchmark.hardware import describe_machine, lookup_peak_tflops
 from ldm.benchmark.steps import (
     diffusion_training_step,
     model_optimizers,
-    precision_context,
     sampling_step,
     slice_batch,
     synthetic_batch,
     vqgan_training_step,
 )
 from ldm.benchmark.timing import measure
+from ldm.precision import precision_context
 
 PARTS = ("flops", "ldm", "lapt", "sample", "vqgan")
 

@@ -13,7 +13,7 @@ as ``toggle_optimizer`` does, then the discriminator loss and its Adam step. Its
 cannot run without a Trainer (``self.optimizers()``, ``manual_backward``, ``self.log``).
 
 Sampling is the production path of ``scripts/sample_LDM.py``:
-:class:`ldm.inference.slice_sampler.DDIMSliceSampler` (conditioning, DDIM, decoding, clamp).
+:func:`ldm.inference.slice_sampler.make_slice_sampler` (conditioning, DDIM, decoding, clamp).
 """
 from __future__ import annotations
 
@@ -23,19 +23,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 
-PRECISIONS = ("32", "bf16-mixed")
-
-
-def precision_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """The forward context of Lightning's precision setting (autocast for ``bf16-mixed``)."""
-    if precision in ("32", "32-true"):
-        return contextlib.nullcontext()
-    if precision != "bf16-mixed":
-        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
-    return MixedPrecision("bf16-mixed", torch.device(device).type).forward_context()
+from ldm.precision import precision_context
 
 
 def _disc(shape: Sequence[int], centre: tuple[float, float], radii: tuple[float, float]) -> torch.Tensor:
@@ -165,12 +155,12 @@ def sampling_step(model: Any, ctp: torch.Tensor, steps: int, precision: str = "3
                   eta: float = 0.0) -> Callable[[], torch.Tensor]:
     """Synthesise [DWI, ADC] for a batch of CTP slices: conditioning, ``steps`` DDIM steps, decoding.
 
-    This is ``scripts/sample_LDM.py``'s per-batch work (its DDIMSliceSampler, EMA weights swapped
-    in once per run and so left out here).
+    This is ``scripts/sample_LDM.py``'s per-batch work (its slice sampler at ``--precision``, EMA
+    weights swapped in once per run and so left out here).
     """
-    from ldm.inference.slice_sampler import DDIMSliceSampler
+    from ldm.inference.slice_sampler import make_slice_sampler
 
-    sampler = DDIMSliceSampler(model, steps=steps, eta=eta)
+    sampler = make_slice_sampler(model, steps=steps, eta=eta, precision=precision)
     device = model.device
     model.eval()
 
@@ -178,7 +168,6 @@ def sampling_step(model: Any, ctp: torch.Tensor, steps: int, precision: str = "3
         return torch.randn((ctp.shape[0], *shape), device=device)
 
     def step() -> torch.Tensor:
-        with precision_context(device, precision):
-            return sampler(ctp, noise)
+        return sampler(ctp, noise)
 
     return step

@@ -9,7 +9,9 @@ on the batching.
 
 Another model family (e.g. a Brownian bridge) plugs in by giving its model a
 ``make_slice_sampler(steps, eta)`` method that returns a callable with the same signature as
-:class:`DDIMSliceSampler`.
+:class:`DDIMSliceSampler`. ``precision="bf16-mixed"`` runs either family's networks under bf16
+autocast (Lightning's forward context, as in training); the latent state of the sampler and the
+returned images stay float32.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
+
+from ldm.precision import precision_context
 
 NoiseFn = Callable[[Sequence[int]], torch.Tensor]
 
@@ -57,8 +61,30 @@ class DDIMSliceSampler:
         return self.model.decode_first_stage(latents).clamp(-1.0, 1.0)
 
 
-def make_slice_sampler(model: torch.nn.Module, steps: int, eta: float) -> Callable:
-    """The model's own slice sampler if it defines one, else DDIM for a LatentDiffusion."""
+class AutocastSliceSampler:
+    """A slice sampler whose networks run under a precision's autocast; float32 images out."""
+
+    def __init__(self, sampler: Callable, precision: str) -> None:
+        precision_context("cpu", precision)  # an unknown precision fails here, before any work
+        self.sampler, self.precision = sampler, precision
+
+    @property
+    def device(self) -> torch.device:
+        return self.sampler.device
+
+    def ema_scope(self) -> contextlib.AbstractContextManager:
+        return self.sampler.ema_scope()
+
+    def __call__(self, ctp: torch.Tensor, noise: NoiseFn, step_seed: int | None = None) -> torch.Tensor:
+        with precision_context(self.device, self.precision):
+            return self.sampler(ctp, noise, step_seed=step_seed).float()
+
+
+def make_slice_sampler(model: torch.nn.Module, steps: int, eta: float, precision: str = "32") -> Callable:
+    """The model's own slice sampler if it defines one, else DDIM for a LatentDiffusion; under bf16
+    autocast with ``precision="bf16-mixed"``."""
     if hasattr(model, "make_slice_sampler"):
-        return model.make_slice_sampler(steps=steps, eta=eta)
-    return DDIMSliceSampler(model, steps=steps, eta=eta)
+        sampler = model.make_slice_sampler(steps=steps, eta=eta)
+    else:
+        sampler = DDIMSliceSampler(model, steps=steps, eta=eta)
+    return sampler if precision in ("32", "32-true") else AutocastSliceSampler(sampler, precision)
