@@ -58,8 +58,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--seed", type=int, default=23, help="seed of the per-slice initial noise")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--precision", default="32", choices=PRECISIONS,
-                   help="bf16-mixed: UNet and decoder under bf16 autocast (about 2x faster on a recent GPU; "
-                        "the sampler's latent stays float32)")
+                   help="bf16-mixed: UNet and decoder under bf16 autocast, for GPUs with bf16 (the sampler's "
+                        "latent stays float32)")
     p.add_argument("--workers", type=int, default=1, help="processes for preprocessing a raw cohort")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
@@ -75,13 +75,14 @@ def check_settings(outdir: Path, settings: dict) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text())
-    keys = ["checkpoint", "steps", "eta", "seed", "overrides", "precision"] + (["batch_size"] if settings["eta"] > 0
-                                                                                 else [])
-    defaults = {"precision": "32"}  # folders written before the setting existed
-    differ = [k for k in keys if old.get(k, defaults.get(k)) != settings.get(k)]
+    keys = ["checkpoint", "steps", "eta", "seed", "overrides", "precision"]
+    if settings["eta"] > 0:
+        keys.append("batch_size")
+    old.setdefault("precision", "32")  # folders sampled before the setting existed ran in float32
+    differ = [k for k in keys if old.get(k) != settings.get(k)]
     if differ:
         k = differ[0]
-        raise ConfigError(f"--outdir {str(outdir)!r} holds samples made with {k}={old.get(k, defaults.get(k))!r} (now "
+        raise ConfigError(f"--outdir {str(outdir)!r} holds samples made with {k}={old.get(k)!r} (now "
                           f"{settings.get(k)!r}): resuming would mix them; choose another --outdir")
 
 

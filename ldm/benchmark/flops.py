@@ -110,8 +110,9 @@ def activation_checkpointing_disabled(*roots: Any) -> Iterator[None]:
 
     Recomputed activations are executed FLOPs but not model FLOPs: utilisation figures count the
     step without recomputation. (FlopCounterMode in torch 2.13 does not see the recomputation of
-    non-reentrant checkpointing anyway; switching it off keeps the count right if a version does.) Switches are found on every submodule of an ``nn.Module`` root and
-    on the plain attributes (e.g. an objective dataclass) of each module; all are restored on exit.
+    non-reentrant checkpointing anyway; switching it off keeps the count right if a version does.)
+    Switches are found on every submodule of an ``nn.Module`` root and on the plain attributes
+    (e.g. an objective dataclass) of each module; all are restored on exit.
     """
     saved: list[tuple[Any, str, Any]] = []
     seen: set[int] = set()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ldm.precision import precision_context
+from ldm.precision import PRECISIONS, precision_context
 
 NoiseFn = Callable[[Sequence[int]], torch.Tensor]
 
@@ -65,7 +65,8 @@ class AutocastSliceSampler:
     """A slice sampler whose networks run under a precision's autocast; float32 images out."""
 
     def __init__(self, sampler: Callable, precision: str) -> None:
-        precision_context("cpu", precision)  # an unknown precision fails here, before any work
+        if precision not in PRECISIONS:  # fail here, before any work
+            raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
         self.sampler, self.precision = sampler, precision
 
     @property
