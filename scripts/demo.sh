@@ -3,7 +3,7 @@
 # a user runs on real data (the stage scripts, main.py, sample_LDM.py, evaluate.py).
 #
 #   make demo                                   # CPU, about 11 minutes on 2 cores (measured: 632 s)
-#   DEMO_SCALE=20 DEMO_ACCELERATOR=gpu make demo    # train 20x longer: the post-training effect shows
+#   DEMO_SCALE=20 DEMO_ACCELERATOR=gpu make demo    # every stage trains 20x longer (GPU; not yet measured)
 #
 # Knobs (environment): DEMO_OUT (folder, default demo_output), DEMO_SCALE (multiplies the training
 # steps of every stage), DEMO_N_TRAIN / DEMO_N_VAL / DEMO_N_TEST (patients), DEMO_SLICES (axial
