@@ -146,6 +146,18 @@ def test_quantizer_picks_nearest_code_and_gradient_is_straight_through():
     assert torch.allclose(z.grad, upstream)  # identity Jacobian: straight-through
 
 
+def test_nearest_codes_in_chunks_match_the_whole_distance_matrix(monkeypatch):
+    torch.manual_seed(5)
+    vq = VectorQuantizer(64, 3)
+    vq.embedding.weight.data.normal_()
+    z = torch.randn(1000, 3) * 1.5
+    expected = torch.cdist(z, vq.embedding.weight.detach()).argmin(1)
+    monkeypatch.setattr(VectorQuantizer, "distance_chunk_elements", {"cpu": 64 * 7})  # 7 rows: a remainder
+    assert torch.equal(vq.nearest_codes(z), expected)
+    monkeypatch.setattr(VectorQuantizer, "distance_chunk_elements", {"cpu": 10})  # less than a row: 1 row
+    assert torch.equal(vq.nearest_codes(z[:50]), expected[:50])
+
+
 @pytest.mark.parametrize("legacy", [True, False])
 def test_quantizer_loss_matches_its_formula(legacy):
     """legacy: mean((sg[zq]-z)^2) + beta*mean((zq-sg[z])^2); else beta on the commitment term.

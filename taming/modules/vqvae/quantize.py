@@ -14,6 +14,8 @@ encoder outputs. The caller (``VQModel``) decides how often.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -24,6 +26,10 @@ from taming.modules.vqvae.reservoir import LatentReservoir
 
 
 class VectorQuantizer(nn.Module):
+    # distances per chunk of rows in nearest_codes, in float32 elements: 16 MB on a CPU (measured
+    # fastest on the 2-core CI machine), 256 MB on a GPU (few launches, little memory)
+    distance_chunk_elements: ClassVar[dict[str, int]] = {"cpu": 2 ** 22, "cuda": 2 ** 26}
+
     def __init__(self, n_e: int, e_dim: int, beta: float = 0.25, remap: str | None = None,
                  unknown_index: str | int = "random", sane_index_shape: bool = False, legacy: bool = True,
                  reinit_unused_codes: bool = False, reservoir_size: int | None = None) -> None:
@@ -75,12 +81,21 @@ class VectorQuantizer(nn.Module):
 
     # -- quantisation --------------------------------------------------------------------------
     def nearest_codes(self, z_flat: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest code for each row of ``z_flat`` (N, e_dim), in float32."""
+        """Index of the nearest code for each row of ``z_flat`` (N, e_dim), in float32.
+
+        argmin_j ||z - e_j||^2 = argmin_j (||e_j||^2 - 2 z.e_j): the ||z||^2 term is the same for
+        every code and is left out. Rows go in chunks of ``distance_chunk_elements`` distances, so
+        the N x n_e matrix is never held whole: at paper scale (batch 48 of 48 x 56 latents, 8192
+        codes) it would take 4.2 GB; on the 2-core CPU, 2688 rows (the small benchmark's batch)
+        take 27 ms in chunks against 95 ms for the whole matrix plus ||z||^2.
+        """
         e = self.embedding.weight.float()
-        # ||z||^2 + ||e||^2 - 2 z.e ; the N x n_e matrix is the only large temporary
-        d = torch.addmm((e * e).sum(1)[None, :], z_flat, e.t(), beta=1.0, alpha=-2.0)
-        d = d + (z_flat * z_flat).sum(1, keepdim=True)
-        return torch.argmin(d, dim=1)
+        e_sq, e_t = (e * e).sum(1)[None, :], e.t()
+        sizes = self.distance_chunk_elements
+        elements = sizes[z_flat.device.type] if z_flat.device.type in sizes else max(sizes.values())
+        rows = max(1, elements // self.n_e)
+        return torch.cat([torch.addmm(e_sq, part, e_t, beta=1.0, alpha=-2.0).argmin(1)
+                          for part in z_flat.split(rows)])
 
     def codebook_loss(self, z: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
         """The VQ objective; see the module docstring for where beta goes."""
