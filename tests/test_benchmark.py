@@ -191,6 +191,19 @@ def test_small_benchmark_runs_end_to_end_and_its_figures_fit_together(tiny_confi
     json.dumps(report)
 
 
+def test_bf16_on_a_cpu_without_native_bf16_is_flagged(tiny_config, monkeypatch):
+    import ldm.benchmark.hardware as hardware
+
+    logged = []
+    for native in (True, False):
+        monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: native)
+        for precision in ("32", "bf16-mixed"):
+            run = BenchmarkRun(tiny_config, Settings(device=torch.device("cpu"), precision=precision),
+                               log=logged.append)
+            assert run.machine["cpu_bf16"] is native
+    assert len(logged) == 1 and "no native bf16" in logged[0]  # bf16-mixed on the emulating CPU only
+
+
 def test_command_line_writes_json_and_rejects_bad_input(repo_root, monkeypatch, tmp_path, capsys):
     import importlib.util
 
@@ -243,3 +256,16 @@ def test_benchmark_runs_on_cuda_in_bf16(tiny_config):
     assert r["ldm"]["memory_kind"] == timing.CUDA_MEMORY and r["lapt"]["peak_memory_bytes"] > 0
     assert r["ldm"]["utilisation"] == pytest.approx(r["ldm"]["achieved_tflops"] / 100.0)
     assert report["machine"]["device_name"] == torch.cuda.get_device_name()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_checks_script_refuses_without_cuda(repo_root, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(["bash", str(repo_root / "scripts" / "gpu_checks.sh"), str(tmp_path / "out")],
+                            env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "no CUDA device" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # nothing run, nothing written

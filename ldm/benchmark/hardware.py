@@ -54,6 +54,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere oneDNN emulates it,
+    slower than float32, and a bf16-mixed CPU benchmark says nothing about the model."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu API: guarded
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def describe_machine(device: torch.device) -> dict[str, Any]:
     """What a reader needs to compare figures: device name, cores/threads, library versions."""
     info: dict[str, Any] = {
@@ -70,4 +77,5 @@ def describe_machine(device: torch.device) -> dict[str, Any]:
                     cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     else:
         info["device_name"] = f"{info['cpu_cores']}-core CPU ({info['cpu']})"
+        info["cpu_bf16"] = cpu_has_bf16()
     return info

@@ -94,6 +94,9 @@ class BenchmarkRun:
         if self.device.type == "cuda":  # cuDNN autotuning, as lightning.trainer.benchmark: true in training
             torch.backends.cudnn.benchmark = bool(bench.cudnn_benchmark)
         self.machine = describe_machine(self.device)
+        if self.device.type == "cpu" and self.precision.startswith("bf16") and not self.machine["cpu_bf16"]:
+            log("warning: this CPU has no native bf16 (AVX512-BF16 / AMX): bf16-mixed is emulated and slower "
+                "than float32 here; --precision 32 measures the model")
         name = self.machine.get("device_name", "")
         self.peak_tflops = settings.peak_tflops or (
             lookup_peak_tflops(name, self.precision) if self.device.type == "cuda" else None)
