@@ -80,6 +80,7 @@ class VectorQuantizer(nn.Module):
         return back.reshape(ishape)
 
     # -- quantisation --------------------------------------------------------------------------
+    @torch.no_grad()  # indices only: no graph through the codebook's distances
     def nearest_codes(self, z_flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of ``z_flat`` (N, e_dim), in float32.
 
