@@ -6,10 +6,17 @@
 Predictions: ``<pred>/<patient_id>/{dwi,adc}_sample_{k}.nii.gz`` (what scripts/sample_LDM.py
 writes); ground truth: the raw cohort ``<gt>/<patient_id>/{dwi,adc,mask,lesion,ctp}.nii.gz``. Both
 are mapped to [0, 1] with the ground truth's per-patient 0.5/99.5 percentile window inside the
-brain mask (the training normalisation) and scored on every axial brain slice. Writes
-``metrics_per_slice.csv``, ``metrics_per_patient.csv``, ``metrics_summary.csv``, ``table1.md``
+brain mask (the training normalisation) and scored on the axial slices that preprocessing keeps
+(``--slices``, the reference's rule by default). MAE and PSNR are reported over the brain mask by
+default (``--metric_region slice``: the whole slice), the lesion MAE pooled over all lesion voxels
+(``--lesion_mae slice_mean``: the mean of per-slice values); the CSV files hold every variant.
+Runs are scored on the patients that all of them have; each pair of runs gets paired differences
+per patient and per lesion slice with 95% bootstrap intervals and Wilcoxon p-values
+(``paired_differences.csv`` and under the table). Writes ``metrics_per_slice.csv``,
+``metrics_per_patient.csv``, ``metrics_summary.csv``, ``paired_differences.csv``, ``table1.md``
 and Fig. 3-style panels ``panels/*.png`` into ``--out``. Input errors end with one line and exit
-code 2; a patient that cannot be scored is reported and left out (``--strict`` makes it an error).
+code 2; a patient that cannot be scored is reported and left out of every run (``--strict`` makes
+it an error).
 """
 from __future__ import annotations
 
@@ -46,6 +53,19 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--panel_sample", type=int, default=0, help="which sample k to show in the panels")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first patient that cannot be scored instead of leaving it out")
+    p.add_argument("--slices", choices=("reference", "brain"), default="reference",
+                   help="slices to score: the reference's rule (DWI, ADC and CTP with signal in the brain, as "
+                        "preprocessing keeps by default) or every slice with brain")
+    p.add_argument("--metric_region", choices=("brain", "slice"), default="brain",
+                   help="MAE and PSNR of the table over the brain mask or the whole slice (field-of-view dependent)")
+    p.add_argument("--lesion_mae", choices=("pooled", "slice_mean"), default="pooled",
+                   help="lesion MAE of the table: pooled over all lesion voxels, or the mean of per-slice values")
+    p.add_argument("--failed_ratio", type=float, default=0.5,
+                   help="a slice whose synthesised brain mean is below this fraction of the ground truth's "
+                        "counts as failed (dark); the share is reported")
+    p.add_argument("--pairs", nargs="+", default=None, metavar="A:B",
+                   help="run pairs for the paired statistics (B - A); default: every pair in the order given")
+    p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples of the paired intervals")
     return p
 
 
@@ -66,6 +86,14 @@ def parse_runs(groups: list[list[str]]) -> dict[str, Path]:
     return runs
 
 
+def parse_pair(text: str) -> tuple[str, str]:
+    """``A:B`` -> (A, B)."""
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b:
+        raise ValueError(f"--pairs {text!r}: expected RUN_A:RUN_B")
+    return a, b
+
+
 def largest_lesions(gt_dir: Path, patients: list[str], k: int) -> list[str]:
     """The ``k`` patients with the largest lesion volume (patients without lesion last)."""
     import nibabel as nib
@@ -82,15 +110,24 @@ def run(opt: argparse.Namespace) -> int:
     import torch
 
     from ldm.evaluation.aggregate import per_patient, per_run
+    from ldm.evaluation.choices import MetricChoices
     from ldm.evaluation.evaluator import evaluate_runs
     from ldm.evaluation.fid import InceptionFeatures
+    from ldm.evaluation.paired import paired_statistics, run_pairs
     from ldm.evaluation.panels import render_panels
-    from ldm.evaluation.tables import table1_markdown, write_csv
+    from ldm.evaluation.tables import paired_markdown, table1_markdown, write_csv
     from ldm.evaluation.volumes import EvaluationInputError
     from ldm.io import atomic_write_text
 
     start = time.time()
     runs = parse_runs(opt.pred)
+    try:
+        choices = MetricChoices(opt.metric_region, opt.lesion_mae, opt.failed_ratio)
+        pairs = run_pairs(list(runs), None if opt.pairs is None else [parse_pair(p) for p in opt.pairs])
+    except ValueError as e:
+        raise EvaluationInputError(str(e)) from e
+    if opt.bootstrap < 100:
+        raise EvaluationInputError(f"--bootstrap must be at least 100 resamples, got {opt.bootstrap}")
     out = Path(opt.out)
     features, skip_reason = None, None
     if opt.inception_weights:
@@ -104,14 +141,19 @@ def run(opt: argparse.Namespace) -> int:
         print(f"FID skipped: {skip_reason}")
 
     evaluation = evaluate_runs(runs, opt.gt, features=features, fid_skip_reason=skip_reason,
-                               patients=opt.patients, strict=opt.strict)
+                               patients=opt.patients, strict=opt.strict, slice_rule=opt.slices, choices=choices)
     slices = [row for report in evaluation.runs for row in report.rows]
-    patients = per_patient(slices)
+    patients = per_patient(slices, choices)
     summary = per_run(evaluation)
+    paired = paired_statistics(patients, slices, pairs, n_boot=opt.bootstrap)
     write_csv(slices, out / "metrics_per_slice.csv")
     write_csv(patients, out / "metrics_per_patient.csv")
     write_csv(summary, out / "metrics_summary.csv")
+    write_csv([r.to_record() for r in paired], out / "paired_differences.csv",
+              columns=None if paired else ["run_a", "run_b", "modality", "metric", "unit", "n"])
     markdown = table1_markdown(summary, evaluation)
+    if paired:
+        markdown += "\n### Paired differences\n\n" + paired_markdown(paired)
     atomic_write_text(out / "table1.md", markdown)
 
     scored = sorted(set.intersection(*(set(r.patients) for r in evaluation.runs)))
@@ -127,7 +169,7 @@ def run(opt: argparse.Namespace) -> int:
 
     print(markdown)
     print(f"wrote {out / 'table1.md'}, {out / 'metrics_summary.csv'}, {out / 'metrics_per_patient.csv'}, "
-          f"{out / 'metrics_per_slice.csv'}")
+          f"{out / 'metrics_per_slice.csv'}, {out / 'paired_differences.csv'}")
     for path in panel_paths:
         print(f"panel: {path}")
     print(f"evaluation took {time.time() - start:.1f} s")

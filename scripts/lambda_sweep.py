@@ -9,9 +9,17 @@ Every (lambda_image, lambda_lesion) pair of Table 2 becomes its own ``main.py`` 
 of the LAPT config with ``model.params.lambda_image=..`` and ``model.params.lambda_lesion=..``; any
 ``key=value`` argument is passed on to every run. Each run is then sampled with
 ``scripts/sample_LDM.py`` and scored with ``scripts/evaluate.py``, and the scores are gathered into
-``<outdir>/table2.md`` and ``<outdir>/table2.csv`` (Table 2's columns: the two weights, then MAE,
-lesion MAE, PSNR, MS-SSIM and FID for DWI and for ADC). The (0, 0) row is the stage-2 model itself:
-give its run directory with ``--baseline`` to sample and score it too (it is not trained again).
+``<outdir>/table2.md`` and ``<outdir>/table2.csv`` (Table 2's columns: the model, the two weights,
+then MAE, lesion MAE, PSNR, MS-SSIM and FID for DWI and for ADC).
+
+Two (0, 0) rows: "cLDM" is the stage-2 model itself (give its run directory with ``--baseline``; it
+is sampled and scored, not trained again), and the control "cLDM (continued)" is the same stage-3
+run with both weights 0: from the same stage-2 checkpoint, for the same steps, on the same data and
+augmentation with the same seed, its loss is exactly stage 2's. Only a gain over the control can be
+put down to the image-space terms rather than to the extra training (``--no-control`` leaves it
+out). Every post-trained run is then compared with the control on the same patients
+(``evaluate.py --pairs control:run``: per-patient differences with 95% bootstrap intervals and
+Wilcoxon p-values), under the table and in ``<outdir>/eval/vs_control``.
 
 The sweep can be stopped and started again: a run whose training, sampling or scoring finished is
 not repeated (``--rerun`` repeats everything), and an interrupted training resumes from its
@@ -46,10 +54,13 @@ TABLE2_GRID: dict[float, tuple[float, ...]] = {
     0.1: (0.0, 0.1, 0.2),
 }
 MODALITIES = ("dwi", "adc")
-# (column in evaluate.py's metrics_summary.csv, header in Table 2)
-METRICS = (("mae_mean", "MAE↓"), ("lesion_mae_mean", "Lesion MAE↓"), ("psnr_mean", "PSNR↑"),
+# (column in evaluate.py's metrics_summary.csv, header in Table 2); mae, lesion_mae and psnr are the
+# table variants evaluate.py selects (brain-masked MAE/PSNR, pooled lesion MAE by default)
+METRICS = (("mae", "MAE↓"), ("lesion_mae", "Lesion MAE↓"), ("psnr", "PSNR↑"),
            ("ms_ssim_mean", "MS-SSIM↑"), ("fid", "FID↓"))
-DECIMALS = {"mae_mean": 3, "lesion_mae_mean": 3, "psnr_mean": 2, "ms_ssim_mean": 3, "fid": 2}
+DECIMALS = {"mae": 3, "lesion_mae": 3, "psnr": 2, "ms_ssim_mean": 3, "fid": 2}
+CONTROL_NAME = "control_li0_ll0"
+VS_CONTROL = "vs_control"
 TRAIN_DONE = "sweep_train_done.json"
 SAMPLE_DONE = "sweep_sample_done.json"
 
@@ -66,7 +77,12 @@ class SweepRun:
     lambda_lesion: float
     name: str
     baseline: bool = False
+    control: bool = False
     run_dir: Path | None = None  # known once trained (main.py puts a timestamp in front of the name)
+
+    @property
+    def label(self) -> str:
+        return "cLDM" if self.baseline else "cLDM (continued)" if self.control else "cLDM-PT"
 
 
 def fmt(value: float) -> str:
@@ -137,9 +153,12 @@ def plan_runs(opt: argparse.Namespace) -> list[SweepRun]:
     runs = []
     if opt.baseline:
         runs.append(SweepRun(0.0, 0.0, "baseline_stage2", baseline=True, run_dir=Path(opt.baseline)))
+    if not opt.no_control:
+        runs.append(SweepRun(0.0, 0.0, CONTROL_NAME, control=True))
     for li, ll in parse_grid(opt.grid):
         if li == 0 and ll == 0:
-            raise SweepError("--grid: the (0, 0) row is the stage-2 model: give it with --baseline RUN_DIR")
+            raise SweepError("--grid: the (0, 0) rows are the stage-2 model (--baseline RUN_DIR) and the control "
+                             "run, which the sweep trains by itself")
         runs.append(SweepRun(li, ll, run_name(li, ll)))
     return runs
 
@@ -212,6 +231,44 @@ def evaluate(opt: argparse.Namespace, run: SweepRun, dry_run: bool) -> None:
     _execute(cmd, f"{run.name}: scoring")
 
 
+def compare_with_control(opt: argparse.Namespace, runs: Sequence[SweepRun], dry_run: bool) -> Path | None:
+    """Score the control and every other run together, with paired statistics against the control."""
+    control = next((r for r in runs if r.control), None)
+    others = [r for r in runs if not r.control]
+    if control is None or not others:
+        return None
+    out = Path(opt.outdir) / "eval" / VS_CONTROL
+    cmd = [opt.python, script("scripts/evaluate.py"), "--pred",
+           *[f"{r.name}={sample_dir(opt, r)}" for r in [control, *others]], "--gt", str(opt.gt), "--out", str(out),
+           "--n_panels", "0", "--pairs", *[f"{control.name}:{r.name}" for r in others]]
+    if dry_run:
+        print(_show(cmd))
+        return out
+    _execute(cmd, "paired comparison with the control")
+    return out
+
+
+def control_markdown(path: Path) -> str:
+    """Per-patient lesion MAE and MAE differences of each run against the control (paired_differences.csv)."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["unit"] == "patient" and r["metric"] in ("lesion_mae", "mae")]
+    if not rows:
+        return ""
+    lines = ["", "Against the control (cLDM continued, same steps without the image terms): run − control per "
+             "patient, mean [95% bootstrap CI], Wilcoxon p", "",
+             "| run | " + " | ".join(f"{m.upper()} {label}" for m in MODALITIES for label in ("Lesion MAE", "MAE")) + " |",
+             "|---|" + "---|" * 4]
+    for run in dict.fromkeys(r["run_b"] for r in rows):
+        cells = []
+        for m in MODALITIES:
+            for metric in ("lesion_mae", "mae"):
+                r = next((r for r in rows if r["run_b"] == run and r["modality"] == m and r["metric"] == metric), None)
+                cells.append("–" if r is None else f"{float(r['difference']):+.3f} [{float(r['ci_low']):+.3f}, "
+                             f"{float(r['ci_high']):+.3f}], p {float(r['p_value']):.2g}")
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def read_summary(path: Path, run_name_: str) -> dict[str, dict[str, float | None]]:
     """{modality: {metric: value}} from evaluate.py's metrics_summary.csv (empty cell -> None)."""
     with open(path, newline="") as f:
@@ -231,8 +288,8 @@ def table_records(runs: Sequence[SweepRun], scores: dict[str, dict]) -> list[dic
     for run in runs:
         if run.name not in scores:
             continue
-        record: dict = {"lambda_image": fmt(run.lambda_image), "lambda_lesion": fmt(run.lambda_lesion),
-                        "run": run.name}
+        record: dict = {"model": run.label, "lambda_image": fmt(run.lambda_image),
+                        "lambda_lesion": fmt(run.lambda_lesion), "run": run.name}
         for modality in MODALITIES:
             for key, _ in METRICS:
                 record[f"{modality}_{key}"] = scores[run.name][modality][key]
@@ -243,7 +300,7 @@ def table_records(runs: Sequence[SweepRun], scores: dict[str, dict]) -> list[dic
 def table2_markdown(records: Sequence[dict]) -> str:
     """Table 2's layout: the two weights, then DWI and ADC metrics; the best value of a column in bold
     (ties all bold)."""
-    header = ["λ_image", "λ_lesion"] + [f"{m.upper()} {h}" for m in MODALITIES for _, h in METRICS]
+    header = ["Model", "λ_image", "λ_lesion"] + [f"{m.upper()} {h}" for m in MODALITIES for _, h in METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = {}
     for m in MODALITIES:
@@ -252,7 +309,7 @@ def table2_markdown(records: Sequence[dict]) -> str:
             if len(set(values)) > 1:  # nothing to single out when every row shows the same value
                 best[f"{m}_{key}"] = max(values) if "↑" in h else min(values)
     for r in records:
-        cells = [r["lambda_image"], r["lambda_lesion"]]
+        cells = [r["model"], r["lambda_image"], r["lambda_lesion"]]
         for m in MODALITIES:
             for key, _ in METRICS:
                 v = r[f"{m}_{key}"]
@@ -280,10 +337,13 @@ def write_tables(opt: argparse.Namespace, runs: Sequence[SweepRun]) -> tuple[Pat
     csv_path, md_path = out / "table2.csv", out / "table2.md"
     atomic_write_text(csv_path, "\n".join(lines) + "\n")
     notes = [f"- {opt.steps} DDIM steps; samples under {out / 'samples'}; per-run scores under {out / 'eval'} "
-             f"(see each table1.md there for what was scored and left out)."]
+             f"(see each table1.md there for what was scored and left out). MAE and PSNR over the brain mask, "
+             f"lesion MAE pooled over all lesion voxels (evaluate.py's defaults)."]
     if any(r["dwi_fid"] is None for r in records):
         notes.append("- FID skipped where '–' (no Inception weights; see --inception_weights).")
-    atomic_write_text(md_path, table2_markdown(records) + "\n" + "\n".join(notes) + "\n")
+    paired = out / "eval" / VS_CONTROL / "paired_differences.csv"
+    versus = control_markdown(paired) if paired.is_file() else ""
+    atomic_write_text(md_path, table2_markdown(records) + "\n" + "\n".join(notes) + "\n" + versus)
     return md_path, csv_path
 
 
@@ -304,6 +364,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception_weights", default=None, help="passed to evaluate.py for FID")
     p.add_argument("--sample-arg", dest="sample_args", action="append", default=[], metavar="ARG",
                    help="extra argument for sample_LDM.py (repeat, e.g. --sample-arg=--batch_size=48)")
+    p.add_argument("--no-control", dest="no_control", action="store_true",
+                   help="leave out the control run (both weights 0, same steps; see above)")
     p.add_argument("--python", default=sys.executable, help="interpreter for the runs")
     p.add_argument("--train-only", action="store_true", help="train the runs, do not sample or score")
     p.add_argument("--rerun", action="store_true", help="repeat steps that finished before")
@@ -348,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             sample(opt, run, opt.dry_run)
             evaluate(opt, run, opt.dry_run)
+        if not opt.train_only:
+            compare_with_control(opt, runs, opt.dry_run)
         if opt.dry_run or opt.train_only:
             return 0
         md_path, csv_path = write_tables(opt, runs)

@@ -66,11 +66,11 @@ def demo_models(tmp_path_factory):
 
 def test_demo_configs_build_and_post_training_starts_from_the_bridge(demo_models):
     bridge, pt = demo_models
-    assert pt.lambda_image == 0.01 and pt.lambda_lesion == 0.02 and pt.init_weights_used == "ema"
-    for k, v in bridge.model_ema.named_buffers():
-        if k not in ("decay", "num_updates"):
-            name = next(n for n, _ in pt.model.named_parameters() if n.replace(".", "") == k)
-            assert torch.equal(dict(pt.model.named_parameters())[name], v)
+    # the reference's post-training: the bridge's training (raw) weights, the reconstruction as target
+    assert pt.lambda_image == 0.01 and pt.lambda_lesion == 0.02 and pt.init_weights_used == "raw"
+    assert pt.image_objective.image_target == "reconstruction"
+    for name, p in bridge.model.named_parameters():
+        assert torch.equal(dict(pt.model.named_parameters())[name], p)
     b = 1
     mask = torch.zeros(b, 1, 64, 64)
     mask[..., 8:56, 12:52] = 1

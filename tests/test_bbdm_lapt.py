@@ -45,7 +45,7 @@ def _fixed(model, batch):
 
 
 def test_loss_equals_hand_computation_of_eqs_6_to_8(bridge_ckpt):
-    model = post_trained(bridge_ckpt, lambda_image=0.3, lambda_lesion=0.5)
+    model = post_trained(bridge_ckpt, lambda_image=0.3, lambda_lesion=0.5, image_target="input")
     model.train()
     batch = tiny_batch()
     z, ctp, t, noise = _fixed(model, batch)

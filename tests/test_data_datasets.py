@@ -56,13 +56,14 @@ def test_items_have_contract_shapes_ranges_and_background(splits, augment):
         assert item["slice_index"] in records[item["patient_id"]].slice_indices
         if augment:
             continue
-        # without augmentation, the item is exactly the stored slice, masked and mapped
+        # without augmentation, the item is exactly the stored (unclipped) slice, clipped, masked and mapped
         record = records[item["patient_id"]]
         position = record.slice_indices.index(item["slice_index"])
         mri = np.load(record.array_path("mri"))[position].astype(np.float32)
         mask = np.load(record.array_path("mask"))[position]
         np.testing.assert_array_equal(item["mask"][0].numpy(), mask)
-        np.testing.assert_allclose(item["mri"].numpy(), np.where(mask > 0, 2 * mri - 1, -1.0), atol=1e-6)
+        np.testing.assert_allclose(item["mri"].numpy(), np.where(mask > 0, 2 * np.clip(mri, 0, 1) - 1, -1.0),
+                                   atol=1e-6)
 
 
 def test_augmentation_moves_images_and_masks_together(splits):
@@ -131,3 +132,27 @@ def test_mri_dataset_and_worker_loading(splits):
     batches = [batch for _ in range(2) for batch in loader]
     assert batches[0]["ctp"].shape == (4, 15, *SIZE) and len(batches[0]["patient_id"]) == 4
     assert all((b["mri"] >= -1).all() and (b["mri"] <= 1).all() for b in batches)
+
+
+def test_augmentation_warps_the_unclipped_maps_then_clips_as_the_reference(splits):
+    """Reference order: warp the raw-scaled maps, then clip to [0, 1], mask and map to [-1, 1]. Warping
+    already-clipped maps gives other values wherever bilinear interpolation mixes a clipped voxel."""
+    from ldm.data.augmentation import AugmentParams, apply_augmentation
+
+    params = AugmentParams(affine=True, angle=0.1, shift_h=0.5, shift_w=-0.5)
+    dataset = CTPMRISlices(splits / "train", augment={"affine_p": 1.0})
+    dataset.augmentation.sample = lambda generator=None: params
+    index = next(i for i, (p, _) in enumerate(dataset.slices) if dataset.records[p].has_lesion)
+    pid, position = dataset.slices[index]
+    arrays = dataset.store.arrays(pid)
+    mri = torch.from_numpy(np.array(arrays["mri"][position])).float()
+    masks = torch.stack([torch.from_numpy(np.array(arrays[k][position])).float() for k in ("mask", "lesion")])
+    warped, warped_masks = apply_augmentation(mri, masks, params)
+    mask = (warped_masks[0] > 0.5).float()
+    expected = torch.where(mask > 0, warped.clamp(0, 1) * 2 - 1, torch.tensor(-1.0))
+    item = dataset[index]
+    torch.testing.assert_close(item["mri"], expected)
+    torch.testing.assert_close(item["mask"][0], mask)
+    clipped_first, _ = apply_augmentation(mri.clamp(0, 1), masks, params)
+    other = torch.where(mask > 0, clipped_first * 2 - 1, torch.tensor(-1.0))
+    assert (item["mri"] - other).abs().max() > 1e-3  # the order matters, and ours is the reference's

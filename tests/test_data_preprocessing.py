@@ -56,8 +56,9 @@ def test_normalise_then_invert_gives_back_the_source_volume(tmp_path, patients):
         mri = np.load(record.array_path("mri"))
         stored_mask = np.load(record.array_path("mask"))
         assert mri.dtype == np.float16 and mri.shape == (record.n_slices, 2, *SIZE)
-        assert 0.0 <= mri.min() and mri.max() <= 1.0
-        model_range = np.where(stored_mask[:, None] > 0, mri.astype(np.float32) * 2 - 1, -1.0)
+        # stored scaled but unclipped (the augmentation warps them before the clipping, as the reference)
+        assert mri.min() < 0.0 and mri.max() > 1.0
+        model_range = np.where(stored_mask[:, None] > 0, np.clip(mri.astype(np.float32), 0, 1) * 2 - 1, -1.0)
         brain = np.asarray(_source(folder, "mask").dataobj) > 0
         inside = np.zeros_like(brain)
         (x0, x1), (y0, y1) = record.crop
@@ -83,8 +84,11 @@ def test_normalise_then_invert_gives_back_the_source_volume(tmp_path, patients):
         assert ctp.shape == (record.n_slices, N_T, *SIZE)
         ctp_volume = place_slices(ctp.astype(np.float32) * 200.0, record)  # (X, Y, Z, T)
         source_ctp = _source(folder, "ctp").get_fdata()
+        # stored in HU / 200 without clipping (float16: relative rounding 2^-11)
+        np.testing.assert_allclose(ctp_volume, np.where(inside[..., None], source_ctp, 0),
+                                   rtol=2.0 ** -11, atol=200 / 4096 * 1.01)
         expected = np.where(inside[..., None], np.clip(source_ctp, 0, 200), 0)
-        np.testing.assert_allclose(ctp_volume, expected, atol=200 / 4096 * 1.01)
+        np.testing.assert_allclose(np.clip(ctp_volume, 0, 200), expected, atol=200 / 4096 * 1.01)
         lesion = place_slices(np.load(record.array_path("lesion")), record)
         np.testing.assert_array_equal(lesion > 0, (np.asarray(_source(folder, "lesion").dataobj) > 0) & inside)
         assert record.has_lesion == bool(lesion.any())
@@ -94,6 +98,36 @@ def test_normalise_then_invert_gives_back_the_source_volume(tmp_path, patients):
     assert reference.n_patients == 3
     assert reference.dwi_range[1] == pytest.approx(np.median([r.dwi_range[1] for r in records.values()]))
     assert json.loads((tmp_path / "npy" / INDEX_FILE).read_text())["size"] == list(SIZE)
+
+
+def test_reference_slice_rule_drops_a_brain_slice_without_dwi_signal(tmp_path, patients):
+    """The reference keeps a slice only if DWI, ADC and CTP each have signal in the brain mask."""
+    raw = tmp_path / "raw"
+    folder = _write(raw, patients[0])
+    dwi = _source(folder, "dwi")
+    data = np.asarray(dwi.dataobj).astype(np.float32)
+    brain = np.asarray(_source(folder, "mask").dataobj) > 0
+    assert brain[..., 2].any()
+    data[..., 2] = np.where(brain[..., 2], -5.0, data[..., 2])  # negative DWI counts as 0, as in the reference
+    nib.save(nib.Nifti1Image(data, dwi.affine, dwi.header), str(folder / "dwi.nii.gz"))
+    ctp = _source(folder, "ctp")
+    ctp_data = np.asarray(ctp.dataobj).copy()
+    ctp_data[..., 4, :] = 0  # no CTP signal on slice 4
+    nib.save(nib.Nifti1Image(ctp_data, ctp.affine, ctp.header), str(folder / "ctp.nii.gz"))
+
+    preprocess_cohort(raw, tmp_path / "reference", size=SIZE, progress=False)
+    record = load_index(tmp_path / "reference")[patients[0].patient_id]
+    assert record.slice_indices == [0, 1, 3] and record.slice_rule == "reference"
+    assert json.loads((tmp_path / "reference" / INDEX_FILE).read_text())["slice_rule"] == "reference"
+    assert np.load(record.array_path("mri")).shape[0] == 3
+    # sampling puts the dropped slices back as background: the volume keeps every source slice
+    volume = place_slices(np.ones((3, *SIZE), np.float32), record)
+    assert volume.shape == record.source_shape and not volume[..., 2].any() and not volume[..., 4].any()
+
+    assert main(["--input_dir", str(raw), "--output_dir", str(tmp_path / "brain"), "--size", "32", "32",
+                 "--slices", "brain"]) == 0
+    record = load_index(tmp_path / "brain")[patients[0].patient_id]
+    assert record.slice_indices == [0, 1, 2, 3, 4] and record.slice_rule == "brain"
 
 
 def test_crop_window_follows_the_brain():

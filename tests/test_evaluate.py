@@ -89,7 +89,10 @@ def read_csv(path):
 
 
 def reference_scores(gt, pred_path, modality):
-    """Independent computation: reference normalisation (np.quantile), then the metric formulas."""
+    """Independent computation: reference normalisation (np.quantile), then the metric formulas.
+
+    Returns {mae_slice, mae_brain, psnr_slice, psnr_brain, lesion_slice_mean, lesion_pooled} over the
+    patient's brain slices (its CTP has signal wherever there is brain)."""
     mask = gt["mask"]
     ref = np.clip(gt[modality].astype(np.float64), 0, None)
     lo, hi = np.quantile(ref[mask], 0.005), np.quantile(ref[mask], 0.995)
@@ -99,17 +102,25 @@ def reference_scores(gt, pred_path, modality):
         return np.where(mask, out, 0.0)
 
     x, x_hat = norm(ref), norm(np.asarray(nib.load(str(pred_path)).dataobj, dtype=np.float64))
-    maes, lesion_maes, psnrs = [], [], []
+    out = {k: [] for k in ("mae_slice", "mae_brain", "psnr_slice", "psnr_brain", "lesion")}
+    num = den = 0.0
     for z in range(SHAPE[2]):
         if not mask[..., z].any():
             continue
         err = np.abs(x[..., z] - x_hat[..., z])
-        maes.append(err.mean())
-        psnrs.append(10 * np.log10(1.0 / np.mean(err ** 2)))
+        brain = mask[..., z]
+        out["mae_slice"].append(err.mean())
+        out["mae_brain"].append(err[brain].mean())
+        out["psnr_slice"].append(10 * np.log10(1.0 / np.mean(err ** 2)))
+        out["psnr_brain"].append(10 * np.log10(1.0 / np.mean(err[brain] ** 2)))
         m = gt["lesion"][..., z]
         if m.any():
-            lesion_maes.append(err[m].sum() / m.sum())
-    return np.mean(maes), (np.mean(lesion_maes) if lesion_maes else None), np.mean(psnrs)
+            out["lesion"].append(err[m].sum() / m.sum())
+            num, den = num + err[m].sum(), den + m.sum()
+    scores = {k: float(np.mean(v)) for k, v in out.items() if k != "lesion"}
+    scores["lesion_slice_mean"] = float(np.mean(out["lesion"])) if out["lesion"] else None
+    scores["lesion_pooled"] = num / den if den else None
+    return scores
 
 
 def test_two_runs_side_by_side_with_independent_numbers(cohort, tmp_path, capsys):
@@ -122,26 +133,34 @@ def test_two_runs_side_by_side_with_independent_numbers(cohort, tmp_path, capsys
     by = {(r["run"], r["patient_id"], r["modality"]): r for r in patients}
     for pid, gt in gts.items():
         for modality in ("dwi", "adc"):
-            mae, lesion_mae, psnr = reference_scores(gt, noisy / pid / f"{modality}_sample_0.nii.gz", modality)
+            ref = reference_scores(gt, noisy / pid / f"{modality}_sample_0.nii.gz", modality)
             row = by[("noisy", pid, modality)]
-            assert float(row["mae_mean"]) == pytest.approx(mae, rel=1e-4)
-            assert float(row["psnr_mean"]) == pytest.approx(psnr, rel=1e-4)
+            for key in ("mae_slice", "mae_brain", "psnr_slice", "psnr_brain"):
+                assert float(row[f"{key}_mean"]) == pytest.approx(ref[key], rel=1e-4), key
+            # the table's headline columns default to the field-of-view independent variants
+            assert float(row["mae"]) == float(row["mae_brain_mean"]) and float(row["psnr"]) == float(row["psnr_brain_mean"])
+            assert float(row["mae_brain_mean"]) > float(row["mae_slice_mean"])  # the background dilutes the error
             assert int(row["n_slices"]) == SHAPE[2] - 1  # the empty-mask slice is not scored
-            if lesion_mae is None:
-                assert row["lesion_mae_mean"] == "" and row["n_lesion_slices"] == "0"
+            if ref["lesion_pooled"] is None:
+                assert row["lesion_mae"] == "" and row["lesion_mae_slice_mean"] == "" and row["n_lesion_slices"] == "0"
             else:
-                assert float(row["lesion_mae_mean"]) == pytest.approx(lesion_mae, rel=1e-4)
+                assert float(row["lesion_mae_slice_mean"]) == pytest.approx(ref["lesion_slice_mean"], rel=1e-4)
+                assert float(row["lesion_mae_pooled"]) == pytest.approx(ref["lesion_pooled"], rel=1e-4)
+                assert float(row["lesion_mae"]) == float(row["lesion_mae_pooled"])
             perfect_row = by[("perfect", pid, modality)]
-            assert float(perfect_row["mae_mean"]) == 0.0
+            assert float(perfect_row["mae"]) == 0.0 and perfect_row["n_failed"] == "0"
             assert float(perfect_row["ms_ssim_mean"]) == pytest.approx(1.0, abs=1e-5)
             assert 0 < float(row["ms_ssim_mean"]) < 1
 
     summary = {(r["run"], r["modality"]): r for r in read_csv(out / "metrics_summary.csv")}
     slices = [r for r in read_csv(out / "metrics_per_slice.csv") if r["run"] == "noisy" and r["modality"] == "dwi"]
-    assert float(summary[("noisy", "dwi")]["mae_mean"]) == pytest.approx(np.mean([float(r["mae"]) for r in slices]))
-    lesion_values = [float(r["lesion_mae"]) for r in slices if r["lesion_mae"] != ""]
-    assert len(lesion_values) == 4  # P001 and P003, two lesion slices each
-    assert float(summary[("noisy", "dwi")]["lesion_mae_mean"]) == pytest.approx(np.mean(lesion_values))
+    assert float(summary[("noisy", "dwi")]["mae"]) == pytest.approx(np.mean([float(r["mae_brain"]) for r in slices]), rel=1e-5)
+    lesion = [r for r in slices if r["lesion_mae"] != ""]
+    assert len(lesion) == 4  # P001 and P003, two lesion slices each
+    assert float(summary[("noisy", "dwi")]["lesion_mae_slice_mean"]) == pytest.approx(
+        np.mean([float(r["lesion_mae"]) for r in lesion]), rel=1e-5)
+    pooled = sum(float(r["lesion_abs_error"]) for r in lesion) / sum(int(r["lesion_voxels"]) for r in lesion)
+    assert float(summary[("noisy", "dwi")]["lesion_mae"]) == pytest.approx(pooled, rel=1e-5)
 
     table = (out / "table1.md").read_text()
     assert "| Model | DWI |" in table and "Lesion MAE↓" in table
@@ -152,7 +171,17 @@ def test_two_runs_side_by_side_with_independent_numbers(cohort, tmp_path, capsys
     assert cells[0][1] == "**0.000**" and cells[1][1].startswith("<u>") and "*" not in cells[2][1] + cells[2][3]
     assert cells[0][3].startswith("**100.00") and cells[1][3].startswith("<u>")  # PSNR: higher is better
     assert "without lesion" in table and "P002" in table
+    assert "MAE and PSNR over the brain mask" in table and "lesion MAE pooled" in table
     assert "FID skipped: no Inception weights given" in table
+    # paired statistics for every pair of runs, under the table and in the CSV
+    assert "#### noisy vs perfect" in table and "#### noisier vs noisy" in table
+    paired = read_csv(out / "paired_differences.csv")
+    row = next(r for r in paired if (r["run_a"], r["run_b"], r["modality"], r["metric"], r["unit"])
+               == ("perfect", "noisy", "dwi", "mae", "patient"))
+    differences = [float(by[("noisy", p, "dwi")]["mae"]) - float(by[("perfect", p, "dwi")]["mae"]) for p in gts]
+    assert int(row["n"]) == 3 and float(row["difference"]) == pytest.approx(np.mean(differences), rel=1e-5)
+    assert float(row["ci_low"]) <= float(row["difference"]) <= float(row["ci_high"])
+    assert float(row["p_value"]) == pytest.approx(0.25)  # exact Wilcoxon, n = 3, every difference positive
     for name in ("P001.png", "P003.png", "fig3.png"):  # largest lesions first; P002 has none
         assert (out / "panels" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "panels" / "P002.png").exists()
@@ -245,3 +274,56 @@ def test_lesion_mae_never_nan_when_no_patient_has_lesion(tmp_path):
     assert cells[2] == "–" and cells[7] == "–"  # lesion MAE of DWI and ADC: undefined, shown as a dash
     assert not any(math.isnan(float(c)) for c in cells[1:] if c not in ("–",))
     assert (tmp_path / "o" / "panels" / "P010.png").is_file()
+
+
+def _table_rows(path):
+    return [line for line in path.read_text().splitlines() if line.startswith("| run")]
+
+
+def test_runs_are_compared_on_the_patients_they_all_have(cohort, tmp_path, capsys):
+    """A run that lacks a patient must not be ranked on other patients than the rest: the table of
+    (A on P1-P3, B on P1, P3) equals the table of both runs on P1, P3."""
+    gt_dir, perfect, noisy, gts = cohort
+    partial = tmp_path / "partial"
+    for i, pid in enumerate(["P001", "P003"]):
+        predict(gts[pid], partial, pid, 30 + i, noise=0.5)
+    out_all, out_common = tmp_path / "all", tmp_path / "common"
+    assert evaluate_script.main(["--pred", f"run_a={noisy}", f"run_b={partial}", "--gt", str(gt_dir),
+                                 "--out", str(out_all), "--n_panels", "0"]) == 0
+    assert evaluate_script.main(["--pred", f"run_a={noisy}", f"run_b={partial}", "--gt", str(gt_dir),
+                                 "--out", str(out_common), "--n_panels", "0", "--patients", "P001", "P003"]) == 0
+    rows_all = [line.split("|")[2:] for line in (out_all / "table1.md").read_text().splitlines()
+                if line.startswith(("| run_a", "| run_b"))]
+    rows_common = [line.split("|")[2:] for line in (out_common / "table1.md").read_text().splitlines()
+                   if line.startswith(("| run_a", "| run_b"))]
+    assert rows_all == rows_common and len(rows_all) == 2
+    table = (out_all / "table1.md").read_text()
+    assert "run_a: 2 patient(s)" in table and "P002 (not scored in run_b)" in table
+    assert "patient P002 has no prediction folder" in capsys.readouterr().out
+    # --strict refuses instead
+    assert evaluate_script.main(["--pred", f"run_a={noisy}", f"run_b={partial}", "--gt", str(gt_dir),
+                                 "--out", str(tmp_path / "strict"), "--strict"]) == 2
+    assert "P002" in error_line(capsys.readouterr().err)
+
+
+def test_slice_rule_leaves_out_a_slice_without_dwi_signal_and_counts_dark_slices(tmp_path):
+    gt_dir, pred = tmp_path / "gt", tmp_path / "pred"
+    gt = make_patient(gt_dir, "P020", 0, lesion=True)
+    dwi = gt["dwi"].copy()
+    dwi[..., 1] = 0.0  # brain in the mask, but no DWI signal: the reference preprocessing drops this slice
+    save(dwi, gt_dir / "P020" / "dwi.nii.gz")
+    gt["dwi"] = dwi
+    predict(gt, pred, "P020", 1, noise=0.1)
+    dark = np.asarray(nib.load(str(pred / "P020" / "adc_sample_0.nii.gz")).dataobj).copy()
+    dark[..., 3] *= 0.2  # one synthesised ADC slice far darker than the ground truth
+    save(dark, pred / "P020" / "adc_sample_0.nii.gz")
+    for rule, expected in (("reference", [2, 3, 4]), ("brain", [1, 2, 3, 4])):
+        out = tmp_path / rule
+        assert evaluate_script.main(["--pred", str(pred), "--gt", str(gt_dir), "--out", str(out), "--n_panels", "0",
+                                     "--slices", rule]) == 0
+        rows = [r for r in read_csv(out / "metrics_per_slice.csv") if r["modality"] == "adc"]
+        assert [int(r["slice_index"]) for r in rows] == expected
+        summary = {r["modality"]: r for r in read_csv(out / "metrics_summary.csv")}
+        assert summary["adc"]["n_failed"] == "1" and summary["dwi"]["n_failed"] == "0"
+        assert float(summary["adc"]["failed_share"]) == pytest.approx(1 / len(expected))
+        assert "Failed slices (synthesised brain mean below 0.5 x the ground truth's)" in (out / "table1.md").read_text()

@@ -45,15 +45,24 @@ def test_dry_run_lists_table2_grid_with_overrides(tmp_path, capsys, monkeypatch)
     trains = _commands(out, "main.py")
     pairs = {(float(_override(c, "model.params.lambda_image")), float(_override(c, "model.params.lambda_lesion")))
              for c in trains}
-    assert pairs == TABLE2 and len(trains) == 10
+    assert pairs == TABLE2 | {(0.0, 0.0)} and len(trains) == 11  # Table 2's runs and the control
     for cmd in trains:
         assert cmd[1:4] == ["main.py", "--base", "configs/latent-diffusion/ldm_lapt.yaml"] and "-t" in cmd
         assert "lightning.trainer.max_epochs=3" in cmd and "data.params.batch_size=48" in cmd
         name = cmd[cmd.index("-n") + 1]
-        assert re.fullmatch(r"lapt_li[\d.]+_ll[\d.]+", name)
+        assert re.fullmatch(r"lapt_li[\d.]+_ll[\d.]+", name) or name == sweep.CONTROL_NAME
+    # the control differs from a post-training run in the two weights only: same config, seed, overrides
+    control = next(c for c in trains if c[c.index("-n") + 1] == sweep.CONTROL_NAME)
+    other = next(c for c in trains if c[c.index("-n") + 1] == "lapt_li0.01_ll0.02")
+    strip = lambda c: [a for a in c if not a.startswith(("model.params.lambda_", "lapt_li", sweep.CONTROL_NAME))]  # noqa: E731
+    assert strip(control) == strip(other)
     samples = _commands(out, "sample_LDM.py")
-    assert len(samples) == 10 and all(c[c.index("--steps") + 1] == "50" for c in samples)
-    assert len(_commands(out, "evaluate.py")) == 10
+    assert len(samples) == 11 and all(c[c.index("--steps") + 1] == "50" for c in samples)
+    evaluations = _commands(out, "evaluate.py")
+    assert len(evaluations) == 12  # one per run, and the paired comparison of every run with the control
+    paired = evaluations[-1]
+    assert paired[paired.index("--pairs") + 1:] == [f"{sweep.CONTROL_NAME}:{sweep.run_name(li, ll)}"
+                                                     for li, lls in sweep.TABLE2_GRID.items() for ll in lls]
     assert not (tmp_path / "runs").exists()  # nothing ran
 
 
@@ -72,7 +81,7 @@ def test_baseline_is_sampled_not_trained_and_finished_steps_are_skipped(tmp_path
     scored.mkdir(parents=True)
     (scored / "metrics_summary.csv").write_text("run,modality\n")
     rc = sweep.main(["--dry-run", "--outdir", str(tmp_path / "out"), "--baseline", str(stage2),
-                     "--grid", "0.01:0.02;0.05:0.1,0.2"])
+                     "--grid", "0.01:0.02;0.05:0.1,0.2", "--no-control"])
     out = capsys.readouterr().out
     assert rc == 0
     trains = _commands(out, "main.py")
@@ -82,7 +91,7 @@ def test_baseline_is_sampled_not_trained_and_finished_steps_are_skipped(tmp_path
     samples = _commands(out, "sample_LDM.py")
     assert samples[0][samples[0].index("-r") + 1] == str(stage2)  # the (0, 0) row
     assert samples[1][samples[1].index("-r") + 1] == str(done)
-    assert len(_commands(out, "evaluate.py")) == 3  # 0.01/0.02 was scored before
+    assert len(_commands(out, "evaluate.py")) == 3  # 0.01/0.02 was scored before; no control, no comparison
     assert "scoring finished before" in out
 
 
@@ -92,15 +101,15 @@ def test_grid_and_argument_errors(capsys):
         with pytest.raises(sweep.SweepError):
             sweep.parse_grid(bad)
     assert sweep.main(["--grid", "0:0", "--dry-run"]) == 2
-    assert "--baseline" in capsys.readouterr().err
+    assert "control run" in capsys.readouterr().err
     assert sweep.main(["--data", "x"]) == 2  # no --gt
     assert sweep.main(["--dry-run", "--base", "nope.yaml"]) == 2
 
 
 def _summary(path: Path, run: str, dwi_lesion: float, adc_lesion: float) -> None:
-    rows = [{"run": run, "modality": m, "n_patients": 2, "n_slices": 10, "mae_mean": 0.07 + i * 0.01,
-             "mae_std": 0.01, "psnr_mean": 27.5, "psnr_std": 1.0, "ms_ssim_mean": 0.86, "ms_ssim_std": 0.01,
-             "lesion_mae_mean": v, "lesion_mae_std": 0.02, "n_lesion_slices": 3, "fid": None}
+    rows = [{"run": run, "modality": m, "n_patients": 2, "n_slices": 10, "mae": 0.07 + i * 0.01,
+             "psnr": 27.5, "ms_ssim_mean": 0.86, "ms_ssim_std": 0.01, "lesion_mae": v, "n_lesion_slices": 3,
+             "fid": None}
             for i, (m, v) in enumerate((("dwi", dwi_lesion), ("adc", adc_lesion)))]
     write_csv(rows, path / "metrics_summary.csv")
 
@@ -109,18 +118,27 @@ def test_table2_gathered_from_evaluate_summaries(tmp_path):
     out = tmp_path / "sweep"
     opt = sweep.get_parser().parse_args(["--outdir", str(out)])
     # the last run was not scored
-    runs = [sweep.SweepRun(li, ll, sweep.run_name(li, ll)) for li, ll in ((0.01, 0.02), (0.05, 0.1), (0.1, 0.2))]
-    for run, (d, a) in zip(runs[:2], ((0.199, 0.105), (0.195, 0.093))):
+    control = sweep.SweepRun(0.0, 0.0, sweep.CONTROL_NAME, control=True)
+    runs = [control] + [sweep.SweepRun(li, ll, sweep.run_name(li, ll))
+                        for li, ll in ((0.01, 0.02), (0.05, 0.1), (0.1, 0.2))]
+    for run, (d, a) in zip(runs[:3], ((0.201, 0.104), (0.199, 0.105), (0.195, 0.093))):
         (out / "eval" / run.name).mkdir(parents=True)
         _summary(out / "eval" / run.name, run.name, d, a)
+    paired = [{"run_a": control.name, "run_b": run.name, "modality": m, "metric": metric, "unit": "patient",
+               "n": 2, "difference": -0.002, "ci_low": -0.004, "ci_high": 0.001, "p_value": 0.5}
+              for run in runs[1:3] for m in ("dwi", "adc") for metric in ("mae", "lesion_mae")]
+    write_csv(paired, out / "eval" / sweep.VS_CONTROL / "paired_differences.csv")
     md_path, csv_path = sweep.write_tables(opt, runs)
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["lambda_image"], r["lambda_lesion"]) for r in rows] == [("0.01", "0.02"), ("0.05", "0.1")]
-    assert float(rows[1]["dwi_lesion_mae_mean"]) == pytest.approx(0.195)
+    assert [(r["model"], r["lambda_image"], r["lambda_lesion"]) for r in rows] == [
+        ("cLDM (continued)", "0", "0"), ("cLDM-PT", "0.01", "0.02"), ("cLDM-PT", "0.05", "0.1")]
+    assert float(rows[2]["dwi_lesion_mae"]) == pytest.approx(0.195)
     assert rows[0]["dwi_fid"] == ""
     md = md_path.read_text()
     header = md.splitlines()[0]
-    assert header.startswith("| λ_image | λ_lesion | DWI MAE↓ | DWI Lesion MAE↓ | DWI PSNR↑ | DWI MS-SSIM↑ | DWI FID↓")
+    assert header.startswith("| Model | λ_image | λ_lesion | DWI MAE↓ | DWI Lesion MAE↓ | DWI PSNR↑ | DWI MS-SSIM↑")
     # the best lesion MAE in bold; MAE is the same in every row, so nothing is singled out there
-    assert "| 0.05 | 0.1 | 0.070 | **0.195** |" in md and "| 0.01 | 0.02 | 0.070 | 0.199 |" in md
+    assert "| cLDM-PT | 0.05 | 0.1 | 0.070 | **0.195** |" in md and "| cLDM-PT | 0.01 | 0.02 | 0.070 | 0.199 |" in md
+    assert "Against the control" in md
+    assert "| lapt_li0.01_ll0.02 | -0.002 [-0.004, +0.001], p 0.5 |" in md

@@ -164,7 +164,7 @@ def test_lesion_free_batch_has_no_nan(stage2):
 
 
 def test_timestep_restriction_decodes_only_early_slices(stage2):
-    lapt = _lapt_like(stage2, image_loss_t_max=10).eval()
+    lapt = _lapt_like(stage2, image_loss_t_max=10, image_target="input").eval()
     batch = make_batch()
     z, ctp, t, noise, kwargs = _fixed_inputs(lapt, batch, t=(3, 20, 5))
     with torch.no_grad():

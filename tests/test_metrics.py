@@ -49,6 +49,37 @@ def test_psnr_closed_form_and_ceiling():
     assert values[2] == metrics.PSNR_CEILING_DB  # a perfect slice: finite, not inf
 
 
+def test_brain_masked_mae_and_psnr_ignore_the_background():
+    rng = np.random.default_rng(0)
+    x, x_hat = rng.uniform(size=(3, 10, 12)), rng.uniform(size=(3, 10, 12))
+    full = np.ones_like(x)
+    # a full mask is the whole-slice metric (PSNR against torchmetrics)
+    np.testing.assert_allclose(metrics.masked_mae(x, x_hat, full), metrics.mae(x, x_hat))
+    np.testing.assert_allclose(metrics.masked_psnr(x, x_hat, full), metrics.psnr(x, x_hat), rtol=1e-6)
+    # the same brain error with more background: the whole-slice MAE falls, the masked one does not
+    brain = np.zeros_like(x)
+    brain[:, 2:6, 3:9] = 1
+    x_bg, x_hat_bg = x * brain, x_hat * brain
+    err = np.abs(x - x_hat)[:, 2:6, 3:9]
+    np.testing.assert_allclose(metrics.masked_mae(x_bg, x_hat_bg, brain), err.mean(axis=(1, 2)))
+    np.testing.assert_allclose(metrics.mae(x_bg, x_hat_bg), err.sum(axis=(1, 2)) / 120)
+    np.testing.assert_allclose(metrics.masked_psnr(x_bg, x_hat_bg, brain),
+                               10 * np.log10(1 / (err ** 2).mean(axis=(1, 2))))
+    empty = np.zeros_like(x)
+    assert np.isnan(metrics.masked_mae(x, x_hat, empty)).all() and np.isnan(metrics.masked_psnr(x, x_hat, empty)).all()
+    assert metrics.masked_psnr(x, x, full)[0] == metrics.PSNR_CEILING_DB
+
+
+def test_mean_intensity_ratio_inside_the_mask():
+    x = np.full((2, 4, 4), 0.6)
+    x_hat = np.stack([np.full((4, 4), 0.3), np.full((4, 4), 0.6)])
+    x_hat[0, 0, 0] = 5.0  # outside the mask: ignored
+    mask = np.ones_like(x)
+    mask[:, 0, 0] = 0
+    np.testing.assert_allclose(metrics.mean_intensity_ratio(x, x_hat, mask), [0.5, 1.0])
+    assert np.isnan(metrics.mean_intensity_ratio(np.zeros_like(x), x_hat, mask)).all()
+
+
 def test_ms_ssim_is_torchmetrics_default_on_paper_size_images():
     preds, target = smooth_images(2, 192, 224, seed=1), smooth_images(2, 192, 224, seed=2)
     preds = 0.7 * preds + 0.3 * target

@@ -2,8 +2,10 @@
 
 ``CTPMRISlices`` feeds the LDM: CTP condition, MRI target, brain and lesion masks. ``MRISlices``
 feeds the VQGAN: the MRI pair and the brain mask. Both read the memory-mapped float16 arrays
-lazily in each DataLoader worker, augment (``augment=True``, training only) all maps of a slice
-jointly on their [0, 1] values, then mask and map to [-1, 1] with the background exactly -1.
+lazily in each DataLoader worker, augment (``augment``, training only: ``true`` for the reference's
+transforms or a mapping of :class:`SliceAugmentation` parameters) all maps of a slice jointly on
+their scaled but unclipped values, then clip to [0, 1], mask and map to [-1, 1] with the
+background exactly -1 (the reference's order, docs/data.md).
 
 Item tensors are float32: ``ctp`` (T, H, W), ``mri`` (2, H, W) = [DWI, ADC], ``mask`` and
 ``lesion`` (1, H, W) in {0, 1}; H runs along the source volume's first axis (X), W along its
@@ -12,8 +14,9 @@ second (Y); ``slice_index`` is the source z index.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +52,7 @@ def _evenly_spaced(items: list, limit: int | None) -> list:
 class _PreprocessedSlices(Dataset):
     """Shared index building, lazy array access and augmentation of the two datasets."""
 
-    def __init__(self, data_root: str | Path, augment: bool, patients: Iterable[str] | None,
+    def __init__(self, data_root: str | Path, augment: bool | Mapping[str, Any], patients: Iterable[str] | None,
                  max_slices: int | None, mri_only: bool) -> None:
         self.data_root = Path(data_root)
         records = _select(load_index(self.data_root), patients, self.data_root)
@@ -65,7 +68,7 @@ class _PreprocessedSlices(Dataset):
         self.size: tuple[int, int] = sizes.pop()
         self.records = records
         self.store = SliceStore(records)
-        self.augmentation = SliceAugmentation() if augment else None
+        self.augmentation = SliceAugmentation.from_config(augment)
         self.slices = _evenly_spaced([(p, i) for p, r in records.items() for i in range(r.n_slices)], max_slices)
 
     def __len__(self) -> int:
@@ -101,7 +104,7 @@ class CTPMRISlices(_PreprocessedSlices):
     0 and ``has_mri`` False; ``require_mri=True`` leaves such patients out (use it for training).
     """
 
-    def __init__(self, data_root: str | Path, augment: bool = False, lesion_oversample: int = 1,
+    def __init__(self, data_root: str | Path, augment: bool | Mapping[str, Any] = False, lesion_oversample: int = 1,
                  patients: Iterable[str] | None = None, max_slices: int | None = None,
                  require_mri: bool = False) -> None:
         super().__init__(data_root, augment, patients, max_slices, mri_only=require_mri)
@@ -117,7 +120,7 @@ class CTPMRISlices(_PreprocessedSlices):
             raise ValueError(f"{str(self.data_root)!r} mixes CTP time points {sorted(timepoints)}")
         self.n_timepoints: int = timepoints.pop()
         ctp_only = [p for p, r in self.records.items() if not r.has_mri]
-        if augment and ctp_only:
+        if self.augmentation is not None and ctp_only:
             warnings.warn(f"{len(ctp_only)} CTP-only patients (e.g. {ctp_only[0]}) in augmented (training) data: "
                           f"their MRI target is all background; pass require_mri=True to leave them out",
                           stacklevel=2)
@@ -142,7 +145,8 @@ class CTPMRISlices(_PreprocessedSlices):
 class MRISlices(_PreprocessedSlices):
     """VQGAN data: {mri (2,H,W) [DWI, ADC] in [-1, 1], mask (1,H,W)}; CTP-only patients are left out."""
 
-    def __init__(self, data_root: str | Path, augment: bool = False, patients: Iterable[str] | None = None,
+    def __init__(self, data_root: str | Path, augment: bool | Mapping[str, Any] = False,
+                 patients: Iterable[str] | None = None,
                  max_slices: int | None = None) -> None:
         super().__init__(data_root, augment, patients, max_slices, mri_only=True)
 

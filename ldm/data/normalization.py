@@ -1,12 +1,15 @@
 """Intensity normalisation of DESIGN.md (as the reference code) and its inverse.
 
-Preprocessing stores each map in [0, 1], unmasked:
+The model sees each map in [0, 1], then masked and mapped to [-1, 1]:
 - DWI, ADC: negatives set to 0, then clipped to the patient's 0.5th and 99.5th percentiles inside
   the brain mask and scaled linearly, ``u = (clip(x, lo, hi) - lo) / (hi - lo)``;
 - CTP: clipped to [0, 200] HU and divided by 200.
-Datasets then mask and map to the model range, ``x = 2u - 1`` inside the brain and exactly -1
-outside. The inverse maps a model output back to physical units (values beyond the clipping range
-cannot come back: that is the only loss of the round trip besides the storage dtype).
+Preprocessing stores the scaled maps *unclipped* (``clip=False``: negatives of DWI/ADC already 0),
+so that the training augmentation warps them before the clipping, as the reference does; the
+datasets clip to [0, 1] after warping (:func:`to_model_range`). The model range is ``x = 2u - 1``
+inside the brain and exactly -1 outside. The inverse maps a model output back to physical units
+(values beyond the clipping range cannot come back: that is the only loss of the round trip
+besides the storage dtype).
 """
 from __future__ import annotations
 
@@ -31,13 +34,20 @@ def percentile_range(volume: np.ndarray, mask: np.ndarray,
     return float(lo), float(hi)
 
 
-def scale_to_unit(volume: np.ndarray, lo: float, hi: float, dtype: np.dtype | type = np.float32) -> np.ndarray:
-    """``(clip(max(x, 0), lo, hi) - lo) / (hi - lo)`` as a new array (computed in float32)."""
+def scale_to_unit(volume: np.ndarray, lo: float, hi: float, dtype: np.dtype | type = np.float32,
+                  clip: bool = True, zero_negatives: bool = True) -> np.ndarray:
+    """``(clip(max(x, 0), lo, hi) - lo) / (hi - lo)`` as a new array (computed in float32).
+
+    ``clip=False`` leaves values outside [lo, hi] (outside [0, 1] after scaling); ``zero_negatives
+    =False`` keeps negative inputs (the CTP's: the reference clips it only after augmentation).
+    """
     if not hi > lo:
         raise ValueError(f"empty intensity range [{lo}, {hi}]")
     out = np.array(volume, dtype=np.float32)
-    np.maximum(out, 0.0, out=out)
-    np.clip(out, lo, hi, out=out)
+    if zero_negatives:
+        np.maximum(out, 0.0, out=out)
+    if clip:
+        np.clip(out, lo, hi, out=out)
     out -= np.float32(lo)
     out *= np.float32(1.0 / (hi - lo))
     return out.astype(dtype, copy=False)

@@ -5,11 +5,14 @@
         --reference data/npy/train
 
 Per patient (``<input_dir>/<patient_id>/``, see validation.py): validate; take the brain mask (or
-derive it from the CTP, brain_mask.py); keep the axial slices whose mask is not empty; crop or pad
-in-plane to ``--size`` around the brain (cropping.py); scale CTP, DWI and ADC to [0, 1] with the
-constants of DESIGN.md (normalization.py); store float16 arrays and the record (record.py). A
-patient is written into a hidden temporary folder that is renamed into place only when complete,
-so a rejected or interrupted patient leaves nothing behind; ``index.json`` is written last.
+derive it from the CTP, brain_mask.py); keep the axial slices of ``--slices`` (slice_selection.py:
+by default the reference's rule, DWI, ADC and CTP each with signal in the brain; ``brain`` keeps
+every slice with brain); crop or pad in-plane to ``--size`` around the brain (cropping.py); scale
+CTP, DWI and ADC with the constants of docs/data.md (normalization.py), unclipped so that training
+augmentation can warp them before the clipping, as the reference does; store float16 arrays and
+the record (record.py). A patient is written into a hidden temporary folder that is renamed into
+place only when complete, so a rejected or interrupted patient leaves nothing behind;
+``index.json`` is written last.
 
 The training split's output also gets ``reference.json``: the median per-patient DWI/ADC
 percentile constants, which give a CTP-only patient's synthesised MRI its physical scale. Pass
@@ -18,7 +21,9 @@ cohort's constants; without it a split uses its own patients' medians.
 
 Storage dtype: float16. On [0, 1] its rounding error is at most 2^-12 (2.4e-4), i.e. at most
 2.4e-4 x (hi - lo) in physical units after inversion (e.g. < 0.05 HU for CTP, ~0.7 for a
-3000-wide ADC range); paper scale takes 18 GB instead of 36 GB for the training CTP.
+3000-wide ADC range); paper scale takes 18 GB instead of 36 GB for the training CTP. Stored values
+outside [0, 1] are bounded to +-STORAGE_BOUND (float16 overflows to inf at 65504; anything beyond
+1 is clipped to 1 after augmentation anyway).
 """
 from __future__ import annotations
 
@@ -41,12 +46,14 @@ if __package__ in (None, ""):  # run as a file path (as in the reference README)
 from ldm.data.brain_mask import derive_brain_mask
 from ldm.data.cropping import InPlaneWindow, brain_window
 from ldm.data.normalization import CTP_RANGE_HU, percentile_range, scale_to_unit
+from ldm.data.slice_selection import SLICE_RULES, select_slices
 from ldm.data.record import (INDEX_FILE, INDEX_VERSION, RECORD_FILE, REFERENCE_FILE, CohortReference,
                              PatientRecord, load_reference)
 from ldm.data.validation import PatientError, PatientVolumes, load_patient
 from ldm.io import atomic_write_json
 
 STORAGE_DTYPE = np.float16
+STORAGE_BOUND = 1024.0
 PAPER_SIZE = (192, 224)
 _TMP_PREFIX = ".tmp-"
 
@@ -97,11 +104,13 @@ class PreprocessSummary:
 
 
 def _scaled_stack(volume: np.ndarray, kept: np.ndarray, window: InPlaneWindow, size: tuple[int, int],
-                  lo: float, hi: float) -> np.ndarray:
-    """(S, [C,] H, W) slices of ``volume`` (X, Y, Z[, C]) scaled to [0, 1], unmasked, zero padded."""
+                  lo: float, hi: float, zero_negatives: bool = True) -> np.ndarray:
+    """(S, [C,] H, W) slices of ``volume`` (X, Y, Z[, C]) scaled by (lo, hi) but not clipped (within
+    +-STORAGE_BOUND), unmasked, zero padded."""
     sx, sy = window.source_slices
     tx, ty = window.target_slices
-    region = scale_to_unit(volume[sx, sy][:, :, kept], lo, hi)  # (h, w, S[, C])
+    region = scale_to_unit(volume[sx, sy][:, :, kept], lo, hi, clip=False, zero_negatives=zero_negatives)
+    np.clip(region, -STORAGE_BOUND, STORAGE_BOUND, out=region)  # (h, w, S[, C])
     region = np.moveaxis(region, (0, 1), (-2, -1))  # (S[, C], h, w)
     out = np.zeros((*region.shape[:-2], *size), dtype=STORAGE_DTYPE)
     out[..., tx, ty] = region
@@ -123,7 +132,8 @@ def _intensity_range(volumes: PatientVolumes, name: str, mask: np.ndarray) -> tu
     return lo, hi
 
 
-def _build(volumes: PatientVolumes, size: tuple[int, int]) -> tuple[PatientRecord, dict[str, np.ndarray], list[str]]:
+def _build(volumes: PatientVolumes, size: tuple[int, int], slice_rule: str = "reference"
+           ) -> tuple[PatientRecord, dict[str, np.ndarray], list[str]]:
     pid = volumes.patient_id
     notes: list[str] = []
     mask, mask_source = volumes.mask, "given"
@@ -132,13 +142,17 @@ def _build(volumes: PatientVolumes, size: tuple[int, int]) -> tuple[PatientRecor
         if not mask.any():
             raise PatientError(f"patient {pid}: ctp.nii.gz: no brain found (derived brain mask is empty); "
                                f"provide mask.nii.gz")
-    kept = np.flatnonzero(mask.any(axis=(0, 1)))
+    kept = select_slices(mask, slice_rule, dwi=volumes.dwi, adc=volumes.adc, ctp=volumes.ctp)
+    if kept.size == 0:
+        maps = "DWI, ADC and CTP" if volumes.has_mri else "CTP"
+        raise PatientError(f"patient {pid}: no axial slice has {maps} signal inside the brain mask "
+                           f"(slice rule {slice_rule!r})")
     window, cuts = brain_window(mask, size)
     if cuts:
         notes.append(f"patient {pid}: the {size[0]}x{size[1]} window crops brain voxels "
                      f"(source {volumes.ctp.shape[0]}x{volumes.ctp.shape[1]}, kept {window.crop})")
 
-    arrays = {"ctp": _scaled_stack(volumes.ctp, kept, window, size, *CTP_RANGE_HU),  # (S, T, H, W)
+    arrays = {"ctp": _scaled_stack(volumes.ctp, kept, window, size, *CTP_RANGE_HU, zero_negatives=False),  # (S, T, H, W)
               "mask": _mask_stack(mask, kept, window, size)}
     dwi_range = adc_range = None
     lesion_voxels: list[int] = []
@@ -157,7 +171,7 @@ def _build(volumes: PatientVolumes, size: tuple[int, int]) -> tuple[PatientRecor
         zooms=volumes.zooms, size=tuple(size), slice_indices=[int(z) for z in kept], crop=window.crop, pad=window.pad,
         n_timepoints=int(volumes.ctp.shape[3]), has_mri=volumes.has_mri, has_lesion=any(v > 0 for v in lesion_voxels),
         dwi_range=dwi_range, adc_range=adc_range, ctp_range=CTP_RANGE_HU, lesion_voxels=lesion_voxels,
-        mask_source=mask_source, qform=volumes.qform, qform_code=volumes.qform_code, sform_code=volumes.sform_code,
+        mask_source=mask_source, slice_rule=slice_rule, qform=volumes.qform, qform_code=volumes.qform_code, sform_code=volumes.sform_code,
         source_dir=str(volumes.folder.resolve()))
     return record, arrays, notes
 
@@ -174,14 +188,14 @@ def _publish(tmp: Path, final: Path) -> None:
 
 
 def preprocess_patient(folder: str | Path, output_dir: str | Path, size: tuple[int, int] = PAPER_SIZE,
-                       n_timepoints: int = 15) -> tuple[PatientRecord, list[str]]:
+                       n_timepoints: int = 15, slice_rule: str = "reference") -> tuple[PatientRecord, list[str]]:
     """Preprocess one patient into ``<output_dir>/<patient_id>/``; return its record and warnings.
 
     Raises :class:`PatientError` for an invalid patient, leaving nothing in ``output_dir``.
     """
     folder, output_dir = Path(folder), Path(output_dir)
     volumes = load_patient(folder, n_timepoints)
-    record, arrays, notes = _build(volumes, tuple(int(s) for s in size))
+    record, arrays, notes = _build(volumes, tuple(int(s) for s in size), slice_rule)
     output_dir.mkdir(parents=True, exist_ok=True)
     # A hidden folder beside the final one (same file system: the rename is atomic); os.mkdir
     # honours the umask, unlike tempfile.mkdtemp's private 0700.
@@ -197,11 +211,11 @@ def preprocess_patient(folder: str | Path, output_dir: str | Path, size: tuple[i
     return record, notes
 
 
-def _worker(job: tuple[str, str, tuple[int, int], int]) -> tuple[str, dict | None, str | None, list[str]]:
-    folder, output_dir, size, n_timepoints = job
+def _worker(job: tuple[str, str, tuple[int, int], int, str]) -> tuple[str, dict | None, str | None, list[str]]:
+    folder, output_dir, size, n_timepoints, slice_rule = job
     pid = Path(folder).name
     try:
-        record, notes = preprocess_patient(folder, output_dir, size, n_timepoints)
+        record, notes = preprocess_patient(folder, output_dir, size, n_timepoints, slice_rule)
         return pid, record.to_json(), None, notes
     except PatientError as e:
         return pid, None, str(e), []
@@ -222,7 +236,8 @@ def patient_folders(input_dir: str | Path) -> list[Path]:
 
 def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple[int, int] = PAPER_SIZE,
                       workers: int = 1, skip_bad: bool = False, reference_dir: str | Path | None = None,
-                      n_timepoints: int = 15, progress: bool = True) -> PreprocessSummary:
+                      n_timepoints: int = 15, progress: bool = True, slice_rule: str = "reference"
+                      ) -> PreprocessSummary:
     """Preprocess every patient folder of ``input_dir`` into ``output_dir`` (see the module doc).
 
     Writes ``index.json`` (this run's good patients) and ``reference.json``. When a patient fails
@@ -234,6 +249,8 @@ def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple
     size = (int(size[0]), int(size[1]))
     if min(size) < 1:
         raise ValueError(f"size must be positive, got {size}")
+    if slice_rule not in SLICE_RULES:
+        raise ValueError(f"slice rule must be one of {SLICE_RULES}, got {slice_rule!r}")
     folders = patient_folders(input_dir)
     reference = load_reference(reference_dir) if reference_dir is not None else None
     output_dir = Path(output_dir)
@@ -242,7 +259,7 @@ def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple
         shutil.rmtree(stale, ignore_errors=True)
 
     summary = PreprocessSummary(output_dir)
-    jobs = [(str(f), str(output_dir), size, n_timepoints) for f in folders]
+    jobs = [(str(f), str(output_dir), size, n_timepoints, slice_rule) for f in folders]
     bar = tqdm(total=len(jobs), desc=f"preprocessing {Path(input_dir).name}", unit="patient", disable=not progress)
 
     def collect(result: tuple[str, dict | None, str | None, list[str]]) -> None:
@@ -278,7 +295,7 @@ def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple
             summary.warnings.append("no patient with MRI and no --reference: no reference.json, so synthesised "
                                     "MRI of these CTP-only patients cannot be put into physical units")
     atomic_write_json(output_dir / INDEX_FILE, {
-        "version": INDEX_VERSION, "size": list(size), "n_timepoints": n_timepoints,
+        "version": INDEX_VERSION, "size": list(size), "n_timepoints": n_timepoints, "slice_rule": slice_rule,
         "dtype": np.dtype(STORAGE_DTYPE).name, "input_dir": str(Path(input_dir).resolve()),
         "reference": None if reference is None else reference.to_json(),
         "patients": {pid: r.to_json() for pid, r in summary.records.items()},
@@ -300,12 +317,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference", default=None,
                         help="the training split's output folder (or its reference.json), for val/test/new data")
     parser.add_argument("--timepoints", type=int, default=15, help="CTP time points expected (default 15)")
+    parser.add_argument("--slices", choices=SLICE_RULES, default="reference",
+                        help="reference (default): keep a slice only if DWI, ADC and CTP each have signal in the "
+                             "brain mask, as the reference preprocessing; brain: every slice with brain")
     args = parser.parse_args(argv)
     if min(args.size) < 1 or args.workers < 1 or args.timepoints < 1:
         parser.error("--size, --workers and --timepoints must be positive")
     try:
         summary = preprocess_cohort(args.input_dir, args.output_dir, tuple(args.size), args.workers, args.skip_bad,
-                                    args.reference, args.timepoints)
+                                    args.reference, args.timepoints, slice_rule=args.slices)
     except CohortError as e:
         print(e.summary, file=sys.stderr)
         return 1

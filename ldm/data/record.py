@@ -2,18 +2,20 @@
 
 Layout of a preprocessed split (``ldm/data/preprocessing.py --output_dir OUT``)::
 
-    OUT/index.json                 {"version", "size", "n_timepoints", "reference", "patients": {id: record}}
+    OUT/index.json                 {"version", "size", "n_timepoints", "slice_rule", "reference",
+                                    "patients": {id: record}}
     OUT/reference.json             cohort reference constants (see CohortReference)
-    OUT/<patient_id>/ctp.npy       (S, T, H, W) float16, CTP clipped to [0, 200] HU / 200
-    OUT/<patient_id>/mri.npy       (S, 2, H, W) float16, [DWI, ADC] clipped to their percentiles, in [0, 1]
+    OUT/<patient_id>/ctp.npy       (S, T, H, W) float16, CTP in HU / 200 (unclipped)
+    OUT/<patient_id>/mri.npy       (S, 2, H, W) float16, [DWI, ADC] (negatives 0) scaled by their
+                                   percentiles, (x - lo) / (hi - lo) (unclipped)
     OUT/<patient_id>/mask.npy      (S, H, W) uint8 brain mask
     OUT/<patient_id>/lesion.npy    (S, H, W) uint8 lesion mask
     OUT/<patient_id>/record.json   the patient's record (the index is rebuilt from these if lost)
 
 ``S`` runs over the kept axial slices ``slice_indices`` (source z); ``H`` is the source's first
 axis (X) and ``W`` its second (Y), cropped/padded to ``size``. CTP-only patients have no
-``mri.npy``/``lesion.npy``. Images are stored unmasked in [0, 1]: datasets augment them jointly
-with the masks, then mask and map to [-1, 1].
+``mri.npy``/``lesion.npy``. Images are stored unmasked and unclipped: datasets augment them
+jointly with the masks, then clip to [0, 1], mask and map to [-1, 1] (the reference's order).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import numpy as np
 INDEX_FILE = "index.json"
 REFERENCE_FILE = "reference.json"
 RECORD_FILE = "record.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: unclipped storage and the slice rule (version 1 stored clipped maps)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class PatientRecord:
     ctp_range: tuple[float, float] = (0.0, 200.0)
     lesion_voxels: list[int] = field(default_factory=list)
     mask_source: str = "given"  # or "derived from ctp"
+    slice_rule: str = "reference"  # which slices were kept (ldm/data/slice_selection.py)
     qform: np.ndarray | None = None
     qform_code: int = 1
     sform_code: int = 1

@@ -2,9 +2,11 @@
 
 A "slice" here is one scored image: a (sample, axial slice) pair, so with several samples per
 patient every sample counts. Per-patient values are means over that patient's slices; the run's
-values are means over *all* its slices pooled across patients (so a patient with more brain slices
-weighs more), as a slice-wise evaluation like the paper's does. Lesion MAE is averaged only over
-slices that contain lesion; where there is none it is None, never NaN.
+values are means over *all* its slices pooled across patients (so a patient with more scored
+slices weighs more), as a slice-wise evaluation like the paper's does. Every variant of a metric
+is kept (``mae_brain_mean``, ``mae_slice_mean``, ``lesion_mae_pooled``, ...); the headline columns
+``mae``, ``psnr`` and ``lesion_mae`` are the variants that :class:`MetricChoices` selects. A lesion
+MAE without any lesion voxel is None, never NaN.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ldm.evaluation.choices import MetricChoices
 from ldm.evaluation.evaluator import Evaluation
 from ldm.evaluation.volumes import MODALITIES
 
-IMAGE_METRICS = ("mae", "psnr", "ms_ssim")
+SLICE_METRICS = ("mae_brain", "mae_slice", "psnr_brain", "psnr_slice", "ms_ssim")
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -33,23 +36,34 @@ def _group(rows: Iterable[dict], keys: tuple[str, ...]) -> dict[tuple, list[dict
     return groups
 
 
-def _summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict], choices: MetricChoices) -> dict:
+    """Means (and standard deviations over slices) of every metric variant of ``rows``, the pooled
+    lesion MAE, the failed-slice share and the headline columns ``mae``/``psnr``/``lesion_mae``."""
     out: dict = {"n_slices": len(rows)}
-    for metric in IMAGE_METRICS:
-        out[f"{metric}_mean"], out[f"{metric}_std"] = _mean_std([r[metric] for r in rows])
+    for metric in SLICE_METRICS:
+        out[f"{metric}_mean"], out[f"{metric}_std"] = _mean_std([r[metric] for r in rows if r[metric] is not None])
     lesion = [r["lesion_mae"] for r in rows if r["lesion_mae"] is not None]
-    out["lesion_mae_mean"], out["lesion_mae_std"] = _mean_std(lesion)
+    out["lesion_mae_slice_mean"], out["lesion_mae_slice_std"] = _mean_std(lesion)
     out["n_lesion_slices"] = len(lesion)
+    voxels = sum(r["lesion_voxels"] for r in rows)
+    out["n_lesion_voxels"] = voxels
+    out["lesion_mae_pooled"] = sum(r["lesion_abs_error"] for r in rows) / voxels if voxels else None
+    ratios = [r["intensity_ratio"] for r in rows if r["intensity_ratio"] is not None]
+    out["n_failed"] = sum(1 for v in ratios if v < choices.failed_ratio)
+    out["failed_share"] = out["n_failed"] / len(ratios) if ratios else None
+    out["mae"] = out[f"{choices.mae_key}_mean"]
+    out["psnr"] = out[f"{choices.psnr_key}_mean"]
+    out["lesion_mae"] = out[choices.lesion_key]
     return out
 
 
-def per_patient(rows: list[dict]) -> list[dict]:
+def per_patient(rows: list[dict], choices: MetricChoices | None = None) -> list[dict]:
     """One record per (run, patient, modality): means over the patient's slices and samples."""
+    choices = choices or MetricChoices()
     records = []
     for (run, pid, modality), group in _group(rows, ("run", "patient_id", "modality")).items():
-        summary = _summarise(group)
         records.append({"run": run, "patient_id": pid, "modality": modality,
-                        "n_samples": len({r["sample"] for r in group}), **summary})
+                        "n_samples": len({r["sample"] for r in group}), **summarise(group, choices)})
     return records
 
 
@@ -60,5 +74,5 @@ def per_run(evaluation: Evaluation) -> list[dict]:
         for modality in MODALITIES:
             group = [r for r in report.rows if r["modality"] == modality]
             records.append({"run": report.name, "modality": modality, "n_patients": len(report.patients),
-                            **_summarise(group), "fid": report.fid.get(modality)})
+                            **summarise(group, evaluation.choices), "fid": report.fid.get(modality)})
     return records

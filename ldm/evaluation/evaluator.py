@@ -1,10 +1,15 @@
 """Evaluating one or several prediction folders against one ground-truth cohort (Table 1).
 
 For every ground-truth patient (read once, shared by all runs) and every run, each predicted sample
-``k`` is scored slice by slice on the brain slices (non-empty mask) after mapping both volumes to
+``k`` is scored slice by slice on the slices that preprocessing keeps (``slice_rule``, by default
+the reference's: DWI, ADC and CTP each with signal in the brain) after mapping both volumes to
 [0, 1] with the ground truth's window (``ldm.evaluation.intensity``). Problems that concern one
 patient (no prediction, a prediction on another grid, unreadable files) are reported in one line,
 recorded, and the patient is left out; ``strict=True`` turns them into errors instead.
+
+Runs are compared on the same patients: a patient that one run could not be scored on is left out
+of every run (and listed, with the reason), so that one missing or rejected scan cannot change
+which run "wins" the table.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ldm.data.slice_selection import SLICE_RULES
+from ldm.evaluation.choices import MetricChoices
 from ldm.evaluation.fid import InceptionFeatures, fid_from_features
 from ldm.evaluation.ms_ssim import scale_set_for
 from ldm.evaluation.scoring import axial_stack, score_slices, slice_rows, unit_range_pair
@@ -39,6 +46,7 @@ class RunReport:
     patients: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
+    not_common: dict[str, str] = field(default_factory=dict)  # scored here, left out: another run lacks it
     unknown: list[str] = field(default_factory=list)
     fid: dict[str, float | None] = field(default_factory=dict)
     fid_note: str | None = None
@@ -51,10 +59,19 @@ class Evaluation:
     patients_without_lesion: list[str]
     ms_ssim_settings: dict[str, str]
     fid_skip_reason: str | None = None
+    slice_rule: str = "reference"
+    patients_without_ctp: list[str] = field(default_factory=list)
+    choices: MetricChoices = field(default_factory=MetricChoices)
 
 
-def _scored_patient(run: RunReport, gt: GroundTruth, pred_folder: Path, slices: np.ndarray,
-                    features: InceptionFeatures | None, fake: dict[str, list]) -> None:
+@dataclass
+class _Scored:
+    rows: list[dict]
+    features: dict[str, list[np.ndarray]]
+
+
+def _score_patient(run_name: str, gt: GroundTruth, pred_folder: Path, slices: np.ndarray,
+                   features: InceptionFeatures | None) -> _Scored:
     samples = prediction_files(pred_folder)
     complete = {k: v for k, v in samples.items() if all(m in v for m in MODALITIES)}
     if not complete:
@@ -62,28 +79,28 @@ def _scored_patient(run: RunReport, gt: GroundTruth, pred_folder: Path, slices: 
         raise EvaluationInputError(f"patient {gt.patient_id}: {found} in {str(pred_folder)!r}")
     scale_set = scale_set_for(*gt.shape[:2])
     lesion = axial_stack(gt.lesion, slices)
+    brain = axial_stack(gt.mask, slices)
     rows, feats = [], {m: [] for m in MODALITIES}
     for k, paths in complete.items():
         for modality in MODALITIES:
             x, x_hat = unit_range_pair(gt, modality, load_prediction(paths[modality], gt))
             x_hat = axial_stack(x_hat, slices)
-            scores = score_slices(axial_stack(x, slices), x_hat, lesion, scale_set)
-            rows += slice_rows(run.name, gt.patient_id, k, modality, slices, scores)
+            scores = score_slices(axial_stack(x, slices), x_hat, lesion, brain, scale_set)
+            rows += slice_rows(run_name, gt.patient_id, k, modality, slices, scores)
             if features is not None:
                 feats[modality].append(features(x_hat))
-    run.rows += rows  # only once the whole patient scored: no half patient in the tables
-    run.patients.append(gt.patient_id)
-    for modality in MODALITIES:
-        fake[modality] += feats[modality]
+    return _Scored(rows, feats)
 
 
 def evaluate_runs(runs: Mapping[str, str | Path], gt_dir: str | Path, *,
                   features: InceptionFeatures | None = None, fid_skip_reason: str | None = None,
-                  patients: Sequence[str] | None = None, strict: bool = False,
-                  log: Callable[[str], None] = tqdm.write) -> Evaluation:
+                  patients: Sequence[str] | None = None, strict: bool = False, slice_rule: str = "reference",
+                  choices: MetricChoices | None = None, log: Callable[[str], None] = tqdm.write) -> Evaluation:
     """Score every run in ``runs`` ({name: prediction folder}) against the cohort in ``gt_dir``."""
     if not runs:
         raise EvaluationInputError("no prediction folder given")
+    if slice_rule not in SLICE_RULES:
+        raise EvaluationInputError(f"slice rule must be one of {SLICE_RULES}, got {slice_rule!r}")
     gt_folders = patient_folders(gt_dir, required="dwi")
     if not gt_folders:
         raise EvaluationInputError(f"no patient folder with dwi.nii.gz under {str(gt_dir)!r} "
@@ -110,9 +127,9 @@ def evaluate_runs(runs: Mapping[str, str | Path], gt_dir: str | Path, *,
         (report.missing.append(pid) if missing else report.excluded.__setitem__(pid, message))
         log(f"run {report.name}: {message}: left out")
 
-    fake = {r.name: {m: [] for m in MODALITIES} for r in reports}
-    real = {r.name: {m: [] for m in MODALITIES} for r in reports}
-    without_lesion, settings = [], {}
+    scored: dict[str, dict[str, _Scored]] = {r.name: {} for r in reports}
+    real: dict[str, dict[str, np.ndarray]] = {}
+    lesion_patients, without_ctp, settings = set(), [], {}
     for pid, folder in tqdm(gt_folders.items(), desc="evaluating patients", unit="patient"):
         try:
             gt = load_ground_truth(folder)
@@ -123,39 +140,62 @@ def evaluate_runs(runs: Mapping[str, str | Path], gt_dir: str | Path, *,
                 report.excluded[pid] = str(e)
             log(f"{e}: left out of every run")
             continue
-        slices = gt.brain_slices()
+        if gt.ctp is None and slice_rule == "reference":
+            without_ctp.append(pid)
+        slices = gt.scored_slices(slice_rule)
+        if slices.size == 0:
+            message = f"patient {pid}: no axial slice to score under the slice rule {slice_rule!r}"
+            if strict:
+                raise EvaluationInputError(message)
+            for report in reports:
+                report.excluded[pid] = message
+            log(f"{message}: left out of every run")
+            continue
         settings[f"{gt.shape[0]}x{gt.shape[1]}"] = scale_set_for(*gt.shape[:2]).describe()
-        gt_features: dict[str, np.ndarray] | None = None
         for report in reports:
             pred_folder = report.pred_dir / pid
             if not pred_folder.is_dir():
                 problem(report, pid, f"patient {pid} has no prediction folder in {str(report.pred_dir)!r}", True)
                 continue
             try:
-                _scored_patient(report, gt, pred_folder, slices, features, fake[report.name])
+                scored[report.name][pid] = _score_patient(report.name, gt, pred_folder, slices, features)
             except EvaluationInputError as e:
                 problem(report, pid, str(e))
-                continue
-            if features is not None:
-                if gt_features is None:
-                    gt_features = {m: features(axial_stack(unit_range_pair(gt, m, getattr(gt, m))[0], slices))
-                                   for m in MODALITIES}
-                for m in MODALITIES:
-                    real[report.name][m].append(gt_features[m])
-        if not gt.lesion[..., slices].any() and any(pid in r.patients for r in reports):
-            without_lesion.append(pid)
+        if features is not None and any(pid in s for s in scored.values()):
+            real[pid] = {m: features(axial_stack(unit_range_pair(gt, m, getattr(gt, m))[0], slices))
+                         for m in MODALITIES}
+        if gt.lesion[..., slices].any():
+            lesion_patients.add(pid)
 
+    common = set(gt_folders)
     for report in reports:
-        if not report.patients:
+        if not scored[report.name]:
             raise EvaluationInputError(f"run {report.name}: no patient of {str(gt_dir)!r} could be scored "
                                        f"from {str(report.pred_dir)!r}")
-        report.fid, report.fid_note = _fid(real[report.name], fake[report.name], features, fid_skip_reason)
-    return Evaluation(Path(gt_dir), reports, without_lesion, settings, fid_skip_reason)
+        common &= set(scored[report.name])
+    if not common:
+        raise EvaluationInputError("no patient could be scored in every run: the runs have no patient in common")
+    for report in reports:
+        for pid in sorted(set(scored[report.name]) - common):
+            lacking = [r.name for r in reports if pid not in scored[r.name]]
+            report.not_common[pid] = f"not scored in {', '.join(lacking)}"
+        fake: dict[str, list[np.ndarray]] = {m: [] for m in MODALITIES}
+        for pid in sorted(common):
+            result = scored[report.name][pid]
+            report.rows += result.rows
+            report.patients.append(pid)
+            for m in MODALITIES:
+                fake[m] += result.features[m]
+        real_features = {m: [real[pid][m] for pid in sorted(common)] for m in MODALITIES} if real else None
+        report.fid, report.fid_note = _fid(real_features, fake, features, fid_skip_reason)
+    without_lesion = sorted(common - lesion_patients)
+    return Evaluation(Path(gt_dir), reports, without_lesion, settings, fid_skip_reason, slice_rule,
+                      sorted(without_ctp), choices or MetricChoices())
 
 
-def _fid(real: dict[str, list], fake: dict[str, list], features: InceptionFeatures | None,
+def _fid(real: dict[str, list] | None, fake: dict[str, list], features: InceptionFeatures | None,
          skip_reason: str | None) -> tuple[dict[str, float | None], str | None]:
-    if features is None:
+    if features is None or real is None:
         return {m: None for m in MODALITIES}, skip_reason or "no Inception feature extractor given"
     out: dict[str, float | None] = {}
     note = None

@@ -2,6 +2,9 @@
 
 Every function takes stacks of slices ``(S, H, W)`` (ground truth ``x``, synthesised ``x_hat``)
 and returns one value per slice, so that callers can aggregate per patient and over all slices.
+MAE and PSNR come in two variants: over the whole slice (:func:`mae`, :func:`psnr`; the background
+counts, so they depend on the field of view) and over the brain mask (:func:`masked_mae`,
+:func:`masked_psnr`; independent of how much background the slice holds).
 """
 from __future__ import annotations
 
@@ -27,6 +30,54 @@ def mae(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
     return np.abs(x.astype(np.float64) - x_hat.astype(np.float64)).mean(axis=(1, 2))
 
 
+def _check_mask(mask: np.ndarray, x: np.ndarray, name: str) -> np.ndarray:
+    m = (np.asarray(mask) > 0).astype(np.float64)
+    if m.shape != x.shape:
+        raise ValueError(f"{name} mask shape {m.shape} does not match the images {x.shape}")
+    return m
+
+
+def masked_mae(x: np.ndarray, x_hat: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean absolute error over the mask's pixels of each slice, shape (S,); NaN for an empty mask."""
+    _check(x, x_hat)
+    m = _check_mask(mask, x, "brain")
+    num = (m * np.abs(x.astype(np.float64) - x_hat.astype(np.float64))).sum(axis=(1, 2))
+    den = m.sum(axis=(1, 2))
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def masked_psnr(x: np.ndarray, x_hat: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """PSNR in dB (data range 1) of the mean squared error over the mask's pixels of each slice,
+    capped at PSNR_CEILING_DB; NaN for an empty mask."""
+    _check(x, x_hat)
+    m = _check_mask(mask, x, "brain")
+    den = m.sum(axis=(1, 2))
+    sq = (m * (x.astype(np.float64) - x_hat.astype(np.float64)) ** 2).sum(axis=(1, 2))
+    out = np.full(sq.shape, np.nan)
+    filled = den > 0
+    mse = np.maximum(sq[filled] / den[filled], 10.0 ** (-PSNR_CEILING_DB / 10.0))
+    out[filled] = 10.0 * np.log10(1.0 / mse)
+    return out
+
+
+def mean_intensity_ratio(x: np.ndarray, x_hat: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of ``x_hat`` over the mask divided by the mean of ``x`` there, per slice (S,).
+
+    The failed-slice rule of the evaluation: a synthesised slice whose brain is on average less
+    than half as bright as the ground truth's (ratio < 0.5) came out dark. NaN where the ground
+    truth's brain mean is 0 or the mask is empty.
+    """
+    _check(x, x_hat)
+    m = _check_mask(mask, x, "brain")
+    true = (m * x.astype(np.float64)).sum(axis=(1, 2))
+    pred = (m * x_hat.astype(np.float64)).sum(axis=(1, 2))
+    out = np.full(true.shape, np.nan)
+    np.divide(pred, true, out=out, where=true > 0)
+    return out
+
+
 def lesion_abs_error(x: np.ndarray, x_hat: np.ndarray, lesion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per slice: (sum(M |x - x_hat|), sum(M)), the numerator and denominator of lesion MAE.
 
@@ -35,9 +86,7 @@ def lesion_abs_error(x: np.ndarray, x_hat: np.ndarray, lesion: np.ndarray) -> tu
     where the denominator is positive (or to pool over slices).
     """
     _check(x, x_hat)
-    m = (np.asarray(lesion) > 0).astype(np.float64)
-    if m.shape != x.shape:
-        raise ValueError(f"lesion mask shape {m.shape} does not match the images {x.shape}")
+    m = _check_mask(lesion, x, "lesion")
     err = np.abs(x.astype(np.float64) - x_hat.astype(np.float64))
     return (m * err).sum(axis=(1, 2)), m.sum(axis=(1, 2))
 

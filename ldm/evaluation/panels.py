@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ldm.evaluation.intensity import percentile_window, to_unit_range
-from ldm.evaluation.volumes import MODALITIES, GroundTruth, load_ctp, load_ground_truth, load_prediction, prediction_files
+from ldm.evaluation.volumes import MODALITIES, GroundTruth, load_ground_truth, load_prediction, prediction_files
 from ldm.io import atomic_path
 
 CELL_INCHES = 2.0
@@ -32,8 +32,7 @@ def panel_slice(gt: GroundTruth) -> int:
     return int(np.argmax(gt.mask.sum(axis=(0, 1))))
 
 
-def _ctp_summary(folder: Path, z: int, mask: np.ndarray) -> np.ndarray | None:
-    ctp = load_ctp(folder)
+def _ctp_summary(ctp: np.ndarray | None, z: int, mask: np.ndarray) -> np.ndarray | None:
     if ctp is None:
         return None
     mip = ctp[:, :, z].max(axis=-1) if ctp.ndim == 4 else ctp[:, :, z]
@@ -47,7 +46,7 @@ def _ctp_summary(folder: Path, z: int, mask: np.ndarray) -> np.ndarray | None:
 def panel_row(gt: GroundTruth, runs: Mapping[str, str | Path], sample: int = 0) -> tuple[list[str], list, np.ndarray, int]:
     """Titles, images (None where absent), the lesion slice to outline and the slice index of one row."""
     z = panel_slice(gt)
-    titles, images = ["CTP (temporal max)"], [_ctp_summary(gt.folder, z, gt.mask)]
+    titles, images = ["CTP (temporal max)"], [_ctp_summary(gt.ctp, z, gt.mask)]
     for modality in MODALITIES:
         window = percentile_window(getattr(gt, modality), gt.mask)
         titles.append(f"{modality.upper()} ground truth")

@@ -10,7 +10,9 @@ from ldm.evaluation.intensity import percentile_window, to_unit_range
 from ldm.evaluation.ms_ssim import ScaleSet
 from ldm.evaluation.volumes import EvaluationInputError, GroundTruth
 
-METRICS = ("mae", "lesion_mae", "psnr", "ms_ssim")
+# Per-slice columns: MAE and PSNR over the brain and over the whole slice, MS-SSIM, lesion MAE (with
+# its numerator and denominator, for pooling), and the brain-mean intensity ratio (failed slices).
+METRICS = ("mae_brain", "mae_slice", "psnr_brain", "psnr_slice", "ms_ssim", "lesion_mae")
 
 
 def axial_stack(volume: np.ndarray, slices: np.ndarray) -> np.ndarray:
@@ -28,32 +30,39 @@ def unit_range_pair(gt: GroundTruth, modality: str, prediction: np.ndarray) -> t
     return to_unit_range(reference, window, gt.mask), to_unit_range(prediction, window, gt.mask)
 
 
-def score_slices(x: np.ndarray, x_hat: np.ndarray, lesion: np.ndarray, scale_set: ScaleSet | None = None
-                 ) -> dict[str, np.ndarray]:
+def score_slices(x: np.ndarray, x_hat: np.ndarray, lesion: np.ndarray, brain: np.ndarray,
+                 scale_set: ScaleSet | None = None) -> dict[str, np.ndarray]:
     """Per-slice metrics of (S, H, W) stacks in [0, 1]; ``lesion_mae`` is NaN where a slice has no lesion."""
-    _, lesion_voxels = metrics.lesion_abs_error(x, x_hat, lesion)
+    lesion_error, lesion_voxels = metrics.lesion_abs_error(x, x_hat, lesion)
     return {
-        "mae": metrics.mae(x, x_hat),
-        "lesion_mae": metrics.lesion_mae(x, x_hat, lesion),
-        "lesion_voxels": lesion_voxels,
-        "psnr": metrics.psnr(x, x_hat),
+        "mae_brain": metrics.masked_mae(x, x_hat, brain),
+        "mae_slice": metrics.mae(x, x_hat),
+        "psnr_brain": metrics.masked_psnr(x, x_hat, brain),
+        "psnr_slice": metrics.psnr(x, x_hat),
         "ms_ssim": metrics.ms_ssim_slices(x, x_hat, scale_set),
+        "lesion_mae": metrics.lesion_mae(x, x_hat, lesion),
+        "lesion_abs_error": lesion_error,
+        "lesion_voxels": lesion_voxels,
+        "brain_voxels": (np.asarray(brain) > 0).sum(axis=(1, 2)),
+        "intensity_ratio": metrics.mean_intensity_ratio(x, x_hat, brain),
     }
+
+
+def _value(v: float) -> float | None:
+    v = float(v)
+    return None if math.isnan(v) else v
 
 
 def slice_rows(run: str, patient_id: str, sample: int, modality: str, slices: np.ndarray,
                scores: dict[str, np.ndarray]) -> list[dict]:
-    """One record per slice; an undefined lesion MAE is None (never NaN) so tables stay clean."""
+    """One record per slice; an undefined value (lesion MAE without lesion) is None, never NaN."""
     rows = []
     for i, z in enumerate(slices):
-        lesion_mae = float(scores["lesion_mae"][i])
-        rows.append({
-            "run": run, "patient_id": patient_id, "sample": int(sample), "modality": modality,
-            "slice_index": int(z),
-            "mae": float(scores["mae"][i]),
-            "lesion_mae": None if math.isnan(lesion_mae) else lesion_mae,
-            "lesion_voxels": int(scores["lesion_voxels"][i]),
-            "psnr": float(scores["psnr"][i]),
-            "ms_ssim": float(scores["ms_ssim"][i]),
-        })
+        row = {"run": run, "patient_id": patient_id, "sample": int(sample), "modality": modality,
+               "slice_index": int(z)}
+        row.update({name: _value(scores[name][i]) for name in METRICS})
+        row.update({"lesion_abs_error": float(scores["lesion_abs_error"][i]),
+                    "lesion_voxels": int(scores["lesion_voxels"][i]), "brain_voxels": int(scores["brain_voxels"][i]),
+                    "intensity_ratio": _value(scores["intensity_ratio"][i])})
+        rows.append(row)
     return rows

@@ -8,14 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ldm.evaluation.evaluator import Evaluation
+from ldm.evaluation.paired import PAIRED_METRICS, PairedResult
 from ldm.evaluation.volumes import MODALITIES
 from ldm.io import atomic_write_text
 
 # (column key, header, decimals, lower is better) in Table 1's order.
 TABLE1_COLUMNS = (
-    ("mae_mean", "MAE↓", 3, True),
-    ("lesion_mae_mean", "Lesion MAE↓", 3, True),
-    ("psnr_mean", "PSNR↑", 2, False),
+    ("mae", "MAE↓", 3, True),
+    ("lesion_mae", "Lesion MAE↓", 3, True),
+    ("psnr", "PSNR↑", 2, False),
     ("ms_ssim_mean", "MS-SSIM↑", 3, False),
     ("fid", "FID↓", 2, True),
 )
@@ -85,19 +86,33 @@ def table1_markdown(summary: Sequence[dict], evaluation: Evaluation) -> str:
 
 def table_notes(summary: Sequence[dict], evaluation: Evaluation) -> list[str]:
     """The footnotes that make the table reproducible: what was scored, and what was left out."""
+    rule = ("the reference's slice rule (DWI, ADC and CTP each with signal inside the brain mask)"
+            if evaluation.slice_rule == "reference" else "every slice with brain (non-empty mask)")
     notes = [
         "Images mapped to [0, 1] per patient with the ground truth's 0.5/99.5 percentile window inside "
         "the brain mask (negatives to 0, zero outside the mask), the training normalisation; the same "
         "window is applied to the prediction.",
-        "Metrics per axial brain slice (non-empty mask); means over all slices of all patients (and samples). "
-        "Lesion MAE = sum(M|x - x_hat|) / sum(M) per slice, averaged over slices with lesion only.",
+        f"Metrics per axial slice on the slices kept by {rule}; means over all slices of all patients "
+        f"(and samples). {evaluation.choices.describe()}. MS-SSIM on the whole slice. The CSV files hold "
+        f"every variant (mae_brain, mae_slice, psnr_brain, psnr_slice, lesion_mae_pooled, lesion_mae_slice_mean).",
         "MS-SSIM (torchmetrics): " + "; ".join(f"{size}: {desc}" for size, desc in
                                               sorted(evaluation.ms_ssim_settings.items())) + ".",
     ]
+    if evaluation.patients_without_ctp:
+        notes.append(f"{len(evaluation.patients_without_ctp)} patient(s) without ctp.nii.gz in the ground truth: "
+                     f"their slices were selected on DWI and ADC only ({', '.join(evaluation.patients_without_ctp)}).")
     if evaluation.patients_without_lesion:
         ids = evaluation.patients_without_lesion
         notes.append(f"{len(ids)} patient(s) without lesion in the scored slices (no lesion MAE, left out "
                      f"of its mean): {', '.join(ids)}.")
+    failed = []
+    for s in summary:
+        if s["failed_share"] is not None:
+            failed.append(f"{s['run']} {s['modality'].upper()} {100 * s['failed_share']:.1f}% "
+                          f"({s['n_failed']}/{s['n_slices']})")
+    if failed:
+        notes.append(f"Failed slices (synthesised brain mean below {evaluation.choices.failed_ratio:g} x the ground "
+                     f"truth's): " + ", ".join(failed) + ".")
     for report in evaluation.runs:
         lesion_slices = {s["modality"]: s["n_lesion_slices"] for s in summary if s["run"] == report.name}
         slices = {s["modality"]: s["n_slices"] for s in summary if s["run"] == report.name}
@@ -107,6 +122,9 @@ def table_notes(summary: Sequence[dict], evaluation: Evaluation) -> list[str]:
             text += f"; missing predictions: {', '.join(report.missing)}"
         if report.excluded:
             text += "; excluded: " + "; ".join(report.excluded.values())
+        if report.not_common:
+            text += "; scored but left out so that every run has the same patients: " + "; ".join(
+                f"{pid} ({why})" for pid, why in report.not_common.items())
         if report.unknown:
             text += f"; predictions without ground truth (ignored): {', '.join(report.unknown)}"
         notes.append(text + ".")
@@ -115,3 +133,34 @@ def table_notes(summary: Sequence[dict], evaluation: Evaluation) -> list[str]:
     if evaluation.fid_skip_reason:
         notes.append(f"FID skipped: {evaluation.fid_skip_reason}.")
     return notes
+
+
+def _fmt(value: float, metric: str) -> str:
+    decimals = 2 if metric == "psnr" else 3
+    return f"{value:.{decimals}f}"
+
+
+def paired_markdown(results: Sequence[PairedResult]) -> str:
+    """One table per compared pair: both runs' means, B - A with its 95% bootstrap interval, the
+    Wilcoxon p-value and how many units favour B; per patient, then per lesion slice."""
+    labels = {key: label for key, label, _ in PAIRED_METRICS}
+    lines: list[str] = []
+    pairs = list(dict.fromkeys((r.run_a, r.run_b) for r in results))
+    for a, b in pairs:
+        rows = [r for r in results if (r.run_a, r.run_b) == (a, b)]
+        lines += [f"#### {b} vs {a} (difference {b} − {a})", "",
+                  f"| Unit | Metric | {a} | {b} | Difference [95% CI] | Wilcoxon p | {b} better |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r.unit != "patient", MODALITIES.index(r.modality))):
+            label = f"{r.modality.upper()} {labels.get(r.metric, r.metric)}"
+            p = "–" if r.p_value is None else f"{r.p_value:.3g}"
+            lines.append(f"| {r.unit} (n={r.n}) | {label} | {_fmt(r.mean_a, r.metric)} | {_fmt(r.mean_b, r.metric)} | "
+                         f"{_fmt(r.difference, r.metric)} [{_fmt(r.ci_low, r.metric)}, {_fmt(r.ci_high, r.metric)}] | "
+                         f"{p} | {r.n_b_better}/{r.n} |")
+        lines.append("")
+    if pairs:
+        lines.append("Per patient: each patient's mean in both runs (bootstrap over patients, Wilcoxon over "
+                     "patients). Per lesion slice: the lesion MAE of each lesion-bearing slice (cluster bootstrap "
+                     "over patients; the Wilcoxon p-value over slices treats them as independent, which they are "
+                     "not, so it is optimistic). An interval that contains 0 does not show a difference.")
+    return "\n".join(lines) + "\n"

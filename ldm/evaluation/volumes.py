@@ -15,6 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ldm.data.slice_selection import select_slices
+
 MODALITIES = ("dwi", "adc")
 AFFINE_TOLERANCE_MM = 1e-3  # NIfTI stores affines in float32: allow its rounding, nothing more
 _SAMPLE_NAME = re.compile(r"^(dwi|adc)_sample_(\d+)\.nii(\.gz)?$")
@@ -35,14 +37,17 @@ class GroundTruth:
     adc: np.ndarray
     mask: np.ndarray
     lesion: np.ndarray
+    ctp: np.ndarray | None = None  # (X, Y, Z, T) in HU, when the folder has one
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.mask.shape)  # type: ignore[return-value]
 
-    def brain_slices(self) -> np.ndarray:
-        """Axial slices with brain (non-empty mask): the slices preprocessing keeps and sampling fills."""
-        return np.flatnonzero(self.mask.reshape(-1, self.mask.shape[-1]).any(axis=0))
+    def scored_slices(self, rule: str = "reference") -> np.ndarray:
+        """The axial slices preprocessing keeps under ``rule`` (ldm/data/slice_selection.py), i.e. the
+        slices that were synthesised: with "reference", DWI, ADC and (when the folder has it) the CTP
+        each with signal in the brain; with "brain", every slice with brain."""
+        return select_slices(self.mask, rule, dwi=self.dwi, adc=self.adc, ctp=self.ctp)
 
 
 def _nifti(folder: Path, name: str) -> Path | None:
@@ -92,11 +97,17 @@ def load_ground_truth(folder: str | Path) -> GroundTruth:
     mask = np.asarray(mask_img.dataobj) > 0
     if not mask.any():
         raise EvaluationInputError(f"patient {pid}: the brain mask is empty")
+    ctp = None
+    if _nifti(folder, "ctp") is not None:
+        ctp_img = _load(folder, "ctp", pid, mask_img)
+        if len(ctp_img.shape) != 4:
+            raise EvaluationInputError(f"patient {pid}: ground truth ctp.nii.gz is not 4D (shape {ctp_img.shape})")
+        arrays["ctp"] = ctp = np.asarray(ctp_img.dataobj, dtype=np.float32)
     for name, arr in arrays.items():
         if not np.isfinite(arr).all():
             raise EvaluationInputError(f"patient {pid}: ground truth {name}.nii.gz holds NaN or inf")
     return GroundTruth(pid, folder, np.asarray(mask_img.affine, dtype=np.float64), arrays["dwi"],
-                       arrays["adc"], mask, arrays["lesion"] > 0)
+                       arrays["adc"], mask, arrays["lesion"] > 0, ctp)
 
 
 def prediction_files(folder: str | Path) -> dict[int, dict[str, Path]]:
@@ -125,9 +136,3 @@ def load_prediction(path: Path, gt: GroundTruth) -> np.ndarray:
     if not np.isfinite(data).all():
         raise EvaluationInputError(f"patient {gt.patient_id}: {path.name} holds NaN or inf")
     return data
-
-
-def load_ctp(folder: Path) -> np.ndarray | None:
-    """The 4D CTP (X, Y, Z, T) of a ground-truth folder, or None when it has none (for panels)."""
-    path = _nifti(folder, "ctp")
-    return None if path is None else np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)

@@ -128,9 +128,9 @@ def decoder_checkpointing(first_stage_model: torch.nn.Module, enabled: bool) -> 
 class ImageSpaceObjective:
     """Decode an x0 latent estimate through the frozen first stage and score it (Eqs. 6-7).
 
-    image_target: "input" compares with x itself (the paper's Eq. 6); "reconstruction" with the
-        VQGAN reconstruction D(quantise(E(x))), what the reference code compares against (computed
-        without a gradient graph).
+    image_target: "reconstruction" (default) compares with the VQGAN reconstruction
+        D(quantise(E(x))), what the reference code compares against (computed without a gradient
+        graph); "input" with x itself, as the paper's Eq. 6 is written.
     quantize: decode z0_hat through the codebook with the straight-through estimator (the
         reference's behaviour); False decodes the continuous latent.
     t_max: only slices with t < t_max get the image terms (None: all); the other slices are not
@@ -140,7 +140,7 @@ class ImageSpaceObjective:
     decoder_checkpointing: recompute decoder activations in the backward pass (memory for time).
     """
 
-    image_target: str = "input"
+    image_target: str = "reconstruction"
     quantize: bool = True
     t_max: int | None = None
     t_weighting: str = "uniform"

@@ -37,12 +37,13 @@ class LesionAwareLatentDiffusion(LatentDiffusion):
     ckpt_path: the stage-2 checkpoint to start from (needed to train; it holds the UNet, the
         rescaler and the first stage). It may be None only to build the model for inference or for
         resuming a post-training run, whose own checkpoint then provides every weight.
-    init_weights: "ema" (default) starts from the stage-2 EMA weights of the UNet, "raw" from its
-        training weights (what the reference code silently does). A checkpoint without EMA weights
-        falls back to the raw ones with a warning. The rescaler has no EMA and always starts raw.
+    init_weights: "raw" (default, what the reference code does) starts from the stage-2 training
+        weights of the UNet, "ema" from its EMA weights (those stage 2 is evaluated with). A
+        checkpoint without EMA weights falls back to the raw ones with a warning. The rescaler has
+        no EMA and always starts raw.
     lambda_image, lambda_lesion: the weights of Eq. 8 (paper: 0.01 and 0.02).
-    image_target: "input" (x, the paper's Eq. 6) or "reconstruction" (the VQGAN reconstruction of
-        x, what the reference code compares against).
+    image_target: "reconstruction" (default: the VQGAN reconstruction D(E(x)), what the reference
+        code compares against) or "input" (x itself, as the paper's Eq. 6 is written).
     quantize_x0_hat: decode z0_hat through the codebook with the straight-through estimator (the
         reference's behaviour) or, if False, decode the continuous latent.
     image_loss_t_max, image_loss_t_weighting: optional restriction of the image terms to t < t_max
@@ -58,8 +59,8 @@ class LesionAwareLatentDiffusion(LatentDiffusion):
     Every other parameter is :class:`LatentDiffusion`'s.
     """
 
-    def __init__(self, *args: Any, ckpt_path: str | None = None, init_weights: str = "ema",
-                 lambda_image: float = 0.01, lambda_lesion: float = 0.02, image_target: str = "input",
+    def __init__(self, *args: Any, ckpt_path: str | None = None, init_weights: str = "raw",
+                 lambda_image: float = 0.01, lambda_lesion: float = 0.02, image_target: str = "reconstruction",
                  quantize_x0_hat: bool = True, image_loss_t_max: int | None = None,
                  image_loss_t_weighting: str = "uniform", decoder_checkpointing: bool = False,
                  lesion_mae_slices: int = 16, lesion_mae_ddim_steps: int = 10, lesion_mae_every_n_val: int = 1,
@@ -104,7 +105,7 @@ class LesionAwareLatentDiffusion(LatentDiffusion):
             self.restarted_from_ckpt = True
 
     # ----------------------------------------------------------------------------- stage-2 weights
-    def load_stage2(self, path: str, init_weights: str = "ema", ignore_keys: Sequence[str] = ()) -> str:
+    def load_stage2(self, path: str, init_weights: str = "raw", ignore_keys: Sequence[str] = ()) -> str:
         """Load the stage-2 checkpoint and put its EMA (or raw) UNet weights into ``model``.
 
         Returns the weights actually used ("ema" or "raw"). The EMA shadow weights are picked up
