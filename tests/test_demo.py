@@ -29,28 +29,32 @@ def test_demo_pipeline_runs_every_stage_and_writes_source_space_volumes(tmp_path
     out = tmp_path / "demo"
     proc = _demo(out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for k in range(1, 8):
-        assert f"==> [{k}/7]" in proc.stdout
+    for k in range(1, 9):
+        assert f"==> [{k}/8]" in proc.stdout
     assert "Demo finished" in proc.stdout
 
     # one trained run per stage, each with its checkpoint and merged config
     runs = {p.name.split("_", 1)[1]: p for p in (out / "logs").iterdir()}
-    assert set(runs) == {"vqgan", "cldm", "cldm_pt"}
+    assert set(runs) == {"vqgan", "cldm", "cldm_pt", "cldm_continued"}
     for run in runs.values():
         assert (run / "checkpoints/last.ckpt").is_file() and list((run / "configs").glob("*.yaml"))
-    # post-training started from the stage-2 EMA weights (demo config: init_weights ema) and trained them
+    # post-training and its control started from the stage-2 training weights (init_weights raw, as the
+    # reference) and trained them; the control with both image-space weights 0
     ldm = torch.load(runs["cldm"] / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    pt = torch.load(runs["cldm_pt"] / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    start, trained = ldm["model_ema.diffusion_modelout2weight"], pt["model.diffusion_model.out.2.weight"]
-    assert trained.shape == start.shape and not torch.equal(trained, start)
-    assert (trained - start).abs().max() < 0.05  # a few small steps away from it, not a fresh model
     codebook = "first_stage_model.quantize.embedding.weight"
-    assert torch.equal(pt[codebook], ldm[codebook])  # the first stage stays frozen
+    for name in ("cldm_pt", "cldm_continued"):
+        pt = torch.load(runs[name] / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        start, trained = ldm["model.diffusion_model.out.2.weight"], pt["model.diffusion_model.out.2.weight"]
+        assert trained.shape == start.shape and not torch.equal(trained, start)
+        assert (trained - start).abs().max() < 0.05  # a few small steps away from it, not a fresh model
+        assert torch.equal(pt[codebook], ldm[codebook])  # the first stage stays frozen
+    control_config = next((runs["cldm_continued"] / "configs").glob("*project.yaml")).read_text()
+    assert "lambda_image: 0" in control_config and "lambda_lesion: 0" in control_config
 
     # the test patient's synthesised volumes lie in its source geometry, zero outside the brain
     (patient,) = [p for p in (out / "raw/test").iterdir() if p.is_dir()]
     dwi_src, mask = nib.load(patient / "dwi.nii.gz"), nib.load(patient / "mask.nii.gz").get_fdata() > 0
-    for model in ("cldm", "cldm_pt"):
+    for model in ("cldm", "cldm_continued", "cldm_pt"):
         for modality in ("dwi", "adc"):
             img = nib.load(out / "samples" / model / patient.name / f"{modality}_sample_0.nii.gz")
             assert img.shape == dwi_src.shape
@@ -59,7 +63,8 @@ def test_demo_pipeline_runs_every_stage_and_writes_source_space_volumes(tmp_path
             assert np.isfinite(data).all() and (data[~mask] == 0).all() and (data[mask] != 0).any()
 
     table = (out / "evaluation/table1.md").read_text()
-    assert "| cLDM |" in table and "| cLDM-PT |" in table
+    assert "| cLDM |" in table and "| cLDM (continued) |" in table and "| cLDM-PT |" in table
+    assert "#### cLDM-PT vs cLDM (continued)" in table and "Failed slices" in table
     assert list((out / "evaluation/panels").glob("*.png"))
     assert table.splitlines()[0] in proc.stdout  # the comparison is printed
 

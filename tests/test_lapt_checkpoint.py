@@ -151,3 +151,69 @@ def test_stage2_latent_scale_carries_over_and_is_not_recomputed(tmp_path):
     assert model.scale_factor.item() == pytest.approx(0.37)
     with pytest.raises(ConfigError, match="scale_by_std"):
         build(lapt_config(str(path)))  # a post-training config that forgot the stage-2 scaling
+
+
+@pytest.mark.filterwarnings("ignore:.*no logger configured")
+def test_control_run_trains_on_the_same_batches_timesteps_and_noise_with_stage2_loss(stage2_ckpt, tmp_path):
+    """The control ("cLDM continued": lambdas 0) and the post-training run, started from the same
+    stage-2 checkpoint with the same seed, see the same augmented batches, timesteps and noise at every
+    step (a paired design), and the control's loss is exactly the stage-2 (latent) loss."""
+    from ldm.data.ctpdwi import CTPMRISlices
+    from ldm.data.preprocessing import preprocess_cohort
+    from ldm.data.synthetic import generate_patient, write_patient
+    from ldm.models.diffusion.ddpm import LatentDiffusion
+    from tests.test_lapt_fixtures import stage2_config
+
+    for i in range(2):
+        write_patient(generate_patient([4, i], size=(32, 32), n_slices=4, n_timepoints=15, lesion_volume_ml=20.0,
+                                       lesion_territory="MCA deep"), tmp_path / "raw" / f"P{i}")
+    preprocess_cohort(tmp_path / "raw", tmp_path / "npy", size=(32, 32), progress=False)
+    path, _ = stage2_ckpt
+
+    def fit(lambda_image: float, lambda_lesion: float) -> list[dict]:
+        pl.seed_everything(23)
+        model = build(lapt_config(str(path), lambda_image=lambda_image, lambda_lesion=lambda_lesion,
+                                  lesion_mae_slices=0))
+        model.learning_rate = 1e-3
+        seen: list[dict] = []
+        q_sample, p_losses = model.q_sample, model.p_losses
+
+        def recording_q_sample(x_start, t, noise=None):
+            seen.append({"z": x_start.detach().clone(), "t": t.clone(), "noise": noise.clone()})
+            return q_sample(x_start=x_start, t=t, noise=noise)
+
+        def recording_p_losses(*args, **kwargs):
+            loss, loss_dict = p_losses(*args, **kwargs)
+            if model.training:
+                seen[-1].update(loss=loss.detach().clone(), latent=loss_dict["train/loss_latent"].clone())
+            return loss, loss_dict
+
+        model.q_sample, model.p_losses = recording_q_sample, recording_p_losses
+        loader = DataLoader(CTPMRISlices(tmp_path / "npy", augment=True), batch_size=3, shuffle=True)
+        trainer = pl.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, num_sanity_val_steps=0,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(model, loader)
+        return seen, model
+
+    control, control_model = fit(0.0, 0.0)
+    post, _ = fit(0.01, 0.02)
+    assert len(control) == len(post) == 3
+    for c, p in zip(control, post):
+        assert torch.equal(c["t"], p["t"]) and torch.equal(c["noise"], p["noise"])
+        assert torch.equal(c["loss"], c["latent"])  # the control's loss is the latent loss alone
+        assert not torch.equal(p["loss"], p["latent"])  # the post-training adds the image terms
+    assert torch.equal(control[0]["z"], post[0]["z"])  # same augmented batch (same weights before step 1)
+    assert torch.equal(control[0]["latent"], post[0]["latent"])
+    # and it is stage 2's loss: LatentDiffusion on the same latent, timesteps and noise
+    stage2 = build(stage2_config(use_ema=False))
+    stage2.load_state_dict(build(lapt_config(str(path))).state_dict(), strict=False)
+    batch = next(iter(DataLoader(CTPMRISlices(tmp_path / "npy"), batch_size=3)))
+    z, ctp = stage2.get_input(batch, "mri")
+    t, noise = control[0]["t"], torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
+    fresh = build(lapt_config(str(path), lambda_image=0.0, lambda_lesion=0.0))
+    stage2.train()
+    fresh.train()
+    loss2, _ = LatentDiffusion.forward(stage2, z, ctp, t=t, noise=noise)
+    loss3, _ = fresh(z, ctp, t=t, noise=noise, **fresh.get_loss_kwargs(batch))
+    assert torch.equal(loss2, loss3)
