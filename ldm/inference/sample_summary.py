@@ -92,29 +92,32 @@ def _load_samples(outdir: Path, patient_id: str, modality: str, n_samples: int) 
 
 def summarise_patient(outdir: str | Path, record: PatientRecord, n_samples: int, *,
                       threshold: float = ADC_CORE_THRESHOLD, min_cluster_ml: float | None = None) -> dict:
-    """Write one patient's mean/std maps and core volume spread; returns the spread record."""
+    """Write one patient's mean/std maps and core volume spread; returns the spread record.
+
+    Everything is read and checked before the first file is written, so a bad sample leaves the
+    patient's earlier summary as it was (each file is written atomically).
+    """
     check_summary_options(n_samples, threshold, min_cluster_ml)
     outdir, pid = Path(outdir), record.patient_id
-    core_ml = []
-    for modality in MODALITY_CHANNELS:
-        ref, stack = _load_samples(outdir, pid, modality, n_samples)
+    loaded = {modality: _load_samples(outdir, pid, modality, n_samples) for modality in MODALITY_CHANNELS}
+    ref, adc = loaded["adc"]
+    mask = source_brain_mask(record)
+    if mask.shape != adc.shape[1:]:
+        raise ConfigError(f"patient {pid}: adc_sample_0 has shape {adc.shape[1:]} but the preprocessed record's "
+                          f"source shape is {mask.shape}")
+    try:
+        voxel_ml = voxel_volume_ml(ref.header)
+    except ValueError as e:
+        raise ConfigError(f"patient {pid}: adc_sample_0: {e}") from e
+    min_voxels = cluster_voxels(min_cluster_ml, voxel_ml)
+    core_ml = [float(segment_core(sample, mask, threshold, min_voxels).sum()) * voxel_ml for sample in adc]
+    p5, median, p95 = (float(v) for v in np.percentile(core_ml, [5, 50, 95]))
+    for modality, (image, stack) in loaded.items():
         stack64 = stack.astype(np.float64)
         unit = "ADC 1e-6 mm2/s" if modality == "adc" else "DWI"
         for statistic, values in (("mean", stack64.mean(axis=0)), ("std", stack64.std(axis=0))):
-            atomic_save_nifti(_like(ref, values, f"{statistic} of {n_samples} samples, {unit}"),
+            atomic_save_nifti(_like(image, values, f"{statistic} of {n_samples} samples, {unit}"),
                               summary_path(outdir, pid, modality, statistic))
-        if modality == "adc":
-            mask = source_brain_mask(record)
-            if mask.shape != stack.shape[1:]:
-                raise ConfigError(f"patient {pid}: adc_sample_0 has shape {stack.shape[1:]} but the preprocessed "
-                                  f"record's source shape is {mask.shape}")
-            try:
-                voxel_ml = voxel_volume_ml(ref.header)
-            except ValueError as e:
-                raise ConfigError(f"patient {pid}: adc_sample_0: {e}") from e
-            min_voxels = cluster_voxels(min_cluster_ml, voxel_ml)
-            core_ml = [float(segment_core(s, mask, threshold, min_voxels).sum()) * voxel_ml for s in stack]
-    p5, median, p95 = (float(v) for v in np.percentile(core_ml, [5, 50, 95]))
     spread = {"patient_id": pid, "samples": list(range(n_samples)), "adc_threshold": threshold,
               "min_cluster_ml": min_cluster_ml, "voxel_ml": voxel_ml, "core_ml": core_ml,
               "median_ml": median, "p5_ml": p5, "p95_ml": p95, "min_ml": min(core_ml), "max_ml": max(core_ml)}
