@@ -33,6 +33,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def get_parser() -> argparse.ArgumentParser:
+    from ldm.evaluation.clinical import ADC_CORE_THRESHOLD, CORE_THRESHOLD_ML
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--pred", nargs="+", action="append", required=True, metavar="[NAME=]DIR",
                    help="prediction folder(s), optionally named (cLDM=DIR); repeat or list several "
@@ -53,12 +55,12 @@ def get_parser() -> argparse.ArgumentParser:
                    help="stop at the first patient that cannot be scored instead of leaving it out")
     p.add_argument("--clinical", action="store_true",
                    help="also write the clinical read-out: core volume from ADC, agreement, uncertainty")
-    p.add_argument("--adc_core_threshold", type=float, default=620.0,
+    p.add_argument("--adc_core_threshold", type=float, default=ADC_CORE_THRESHOLD,
                    help="core = ADC below this (10^-6 mm^2/s) inside the brain mask; 620 is RAPID's "
                         "(Purushotham et al., Int J Stroke 2015)")
     p.add_argument("--min_cluster_ml", type=float, default=None,
-                   help="drop core clusters (26-connected) smaller than this many ml (default: keep all)")
-    p.add_argument("--core_threshold_ml", type=float, default=70.0,
+                   help="drop core clusters (26-connected) smaller than this many ml (None: keep all)")
+    p.add_argument("--core_threshold_ml", type=float, default=CORE_THRESHOLD_ML,
                    help="decision compared: core below this many ml (70: DEFUSE 3 eligibility)")
     return p
 

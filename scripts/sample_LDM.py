@@ -40,6 +40,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def get_parser() -> argparse.ArgumentParser:
+    from ldm.evaluation.clinical import ADC_CORE_THRESHOLD
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("-r", "--resume", required=True, help="run directory or checkpoint file")
     p.add_argument("-b", "--base", nargs="*", default=[], metavar="config.yaml",
@@ -70,10 +72,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", action="store_true",
                    help="also write voxel-wise mean/std maps over the samples and the core volume's spread "
                         "(needs --n_samples 2 or more)")
-    p.add_argument("--adc_core_threshold", type=float, default=620.0,
+    p.add_argument("--adc_core_threshold", type=float, default=ADC_CORE_THRESHOLD,
                    help="with --summary: core = ADC below this (10^-6 mm^2/s) in the brain mask (RAPID's 620)")
     p.add_argument("--min_cluster_ml", type=float, default=None,
-                   help="with --summary: drop core clusters (26-connected) smaller than this many ml")
+                   help="with --summary: drop core clusters (26-connected) smaller than this many ml "
+                        "(None: keep all)")
     return p
 
 

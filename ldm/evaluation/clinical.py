@@ -32,6 +32,7 @@ from ldm.evaluation.volumes import (
 )
 
 ADC_CORE_THRESHOLD = 620.0  # 10^-6 mm^2/s, RAPID (Purushotham et al. 2015)
+CORE_THRESHOLD_ML = 70.0  # DEFUSE 3 (Albers et al. 2018): eligible for thrombectomy with a core < 70 ml
 _FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 
 

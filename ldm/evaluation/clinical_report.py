@@ -25,6 +25,7 @@ import numpy as np
 from ldm.evaluation.agreement import bland_altman, cohen_kappa, correlations, decision_table, icc_2_1
 from ldm.evaluation.clinical import (
     ADC_CORE_THRESHOLD,
+    CORE_THRESHOLD_ML,
     cluster_voxels,
     first_sample_rows,
     ground_truth_voxel_ml,
@@ -37,7 +38,6 @@ from ldm.evaluation.uncertainty import patient_uncertainty, uncertainty_rows
 from ldm.evaluation.volumes import EvaluationInputError, load_ground_truth, patient_folders
 from ldm.io import atomic_write_text
 
-CORE_THRESHOLD_ML = 70.0  # DEFUSE 3: eligible for thrombectomy with an ischemic core < 70 ml
 OUTPUT_FILES = ("clinical_per_patient.csv", "clinical_agreement.csv", "clinical.md", "bland_altman.png")
 UNCERTAINTY_FILES = ("uncertainty.csv", "uncertainty.png")
 
