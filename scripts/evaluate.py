@@ -17,6 +17,11 @@ per patient and per lesion slice with 95% bootstrap intervals and Wilcoxon p-val
 and Fig. 3-style panels ``panels/*.png`` into ``--out``. Input errors end with one line and exit
 code 2; a patient that cannot be scored is reported and left out of every run (``--strict`` makes
 it an error).
+
+``--clinical`` adds the clinical read-out (ischemic core volume from ADC, its agreement with the
+true ADC, the "core < 70 ml" decision, and the voxel std maps of ``sample_LDM.py --summary`` where
+present): ``clinical_per_patient.csv``, ``clinical_agreement.csv``, ``clinical.md``,
+``bland_altman.png`` [, ``uncertainty.csv``, ``uncertainty.png``] (see ldm/evaluation/clinical_report.py).
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def get_parser() -> argparse.ArgumentParser:
+    from ldm.evaluation.clinical import ADC_CORE_THRESHOLD, CORE_THRESHOLD_ML
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--pred", nargs="+", action="append", required=True, metavar="[NAME=]DIR",
                    help="prediction folder(s), optionally named (cLDM=DIR); repeat or list several "
@@ -66,6 +73,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", nargs="+", default=None, metavar="A:B",
                    help="run pairs for the paired statistics (B - A); default: every pair in the order given")
     p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples of the paired intervals")
+    p.add_argument("--clinical", action="store_true",
+                   help="also write the clinical read-out: core volume from ADC, agreement, uncertainty")
+    p.add_argument("--adc_core_threshold", type=float, default=ADC_CORE_THRESHOLD,
+                   help="core = ADC below this (10^-6 mm^2/s) inside the brain mask; 620 is RAPID's "
+                        "(Purushotham et al., Int J Stroke 2015)")
+    p.add_argument("--min_cluster_ml", type=float, default=None,
+                   help="drop core clusters (26-connected) smaller than this many ml (None: keep all)")
+    p.add_argument("--core_threshold_ml", type=float, default=CORE_THRESHOLD_ML,
+                   help="decision compared: core below this many ml (70: DEFUSE 3 eligibility)")
     return p
 
 
@@ -129,6 +145,9 @@ def run(opt: argparse.Namespace) -> int:
     if opt.bootstrap < 100:
         raise EvaluationInputError(f"--bootstrap must be at least 100 resamples, got {opt.bootstrap}")
     out = Path(opt.out)
+    if opt.clinical:  # refuse bad settings before the long part
+        from ldm.evaluation.clinical_report import check_options
+        check_options(opt.adc_core_threshold, opt.min_cluster_ml, opt.core_threshold_ml)
     features, skip_reason = None, None
     if opt.inception_weights:
         device = opt.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -167,7 +186,18 @@ def run(opt: argparse.Namespace) -> int:
     if len(chosen) > 1:
         panel_paths.append(render_panels(opt.gt, runs, chosen, out / "panels" / "fig3.png", opt.panel_sample))
 
+    clinical_paths = []
+    if opt.clinical:
+        from ldm.evaluation.clinical_report import clinical_markdown, collect, write_clinical
+        clinical = collect({r.name: (r.pred_dir, r.patients) for r in evaluation.runs}, opt.gt,
+                           threshold=opt.adc_core_threshold, min_cluster_ml=opt.min_cluster_ml,
+                           core_threshold_ml=opt.core_threshold_ml)
+        clinical_paths = write_clinical(clinical, out)
+
     print(markdown)
+    if opt.clinical:
+        print(clinical_markdown(clinical))
+        print(f"clinical read-out: {', '.join(str(p) for p in clinical_paths)}")
     print(f"wrote {out / 'table1.md'}, {out / 'metrics_summary.csv'}, {out / 'metrics_per_patient.csv'}, "
           f"{out / 'metrics_per_slice.csv'}, {out / 'paired_differences.csv'}")
     for path in panel_paths:

@@ -227,3 +227,31 @@ def test_bf16_sampling_is_close_to_float32_and_is_not_mixed_with_it(setup, tmp_p
     # a float32 run does not resume into a bf16 folder
     assert sample(run, raw, tmp_path / "bf16", "--batch_size", "4", "--patients", "P001") == 2
     assert "precision='bf16-mixed'" in error_line(capsys.readouterr().err)
+
+
+def test_summary_maps_feed_the_clinical_read_out_and_k_below_two_is_refused(setup, tmp_path, capsys):
+    from tests.test_evaluate import evaluate_script, read_csv
+
+    root, raw, npy, run, *_ = setup
+    out = tmp_path / "out"
+    assert sample(run, raw, out, "--batch_size", "8", "--patients", "P001", "--n_samples", "2", "--summary") == 0
+    assert "summary: {dwi,adc}_{mean,std}.nii.gz over 2 samples" in capsys.readouterr().out
+    for name in ("dwi_mean", "dwi_std", "adc_mean", "adc_std"):
+        img = nib.load(str(out / "P001" / f"{name}.nii.gz"))
+        assert img.shape == SOURCE_SHAPE
+        np.testing.assert_allclose(img.affine, AFFINE, atol=1e-6)
+    stack = np.stack([volumes(out)[f"P001/adc_sample_{k}.nii.gz"] for k in (0, 1)]).astype(np.float64)
+    np.testing.assert_array_equal(volumes(out)["P001/adc_std.nii.gz"], np.std(stack, axis=0).astype(np.float32))
+    assert [r["patient_id"] for r in read_csv(out / "core_volume_spread.csv")] == ["P001"]
+
+    evaluation = tmp_path / "evaluation"
+    assert evaluate_script.main(["--pred", f"tiny={out}", "--gt", str(raw), "--out", str(evaluation), "--n_panels",
+                                 "0", "--clinical"]) == 0
+    unc = read_csv(evaluation / "uncertainty.csv")
+    assert {(r["modality"], r["patient_id"]) for r in unc} == {(m, p) for m in ("dwi", "adc") for p in ("P001", "all")}
+    assert len(read_csv(evaluation / "clinical_per_patient.csv")) == 2  # P001, samples 0 and 1
+
+    capsys.readouterr()
+    assert sample(run, raw, tmp_path / "one", "--summary") == 2  # --n_samples 1
+    assert "--summary needs --n_samples 2 or more" in error_line(capsys.readouterr().err)
+    assert not (tmp_path / "one").exists()
