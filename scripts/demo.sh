@@ -112,12 +112,16 @@ done_stage
 
 stage "evaluation: cLDM, cLDM (continued), cLDM-PT (Table 1 layout, paired statistics)"
 "$PYTHON" scripts/evaluate.py --pred "cLDM=$OUT/samples/cldm" "cLDM (continued)=$OUT/samples/cldm_continued" \
-    "cLDM-PT=$OUT/samples/cldm_pt" --gt "$RAW/test" --out "$OUT/evaluation" --n_panels 2
+    "cLDM-PT=$OUT/samples/cldm_pt" --gt "$RAW/test" --out "$OUT/evaluation" --n_panels 2 --clinical
 done_stage
 
 stage "results"
 cat "$OUT/evaluation/table1.md"
-echo "The synthetic cohort is not clinical data: these figures show that every stage works, not the paper's."
+echo
+echo "Clinical read-out (ischemic core from ADC < 620 x 10^-6 mm^2/s, decision core < 70 ml):"
+cat "$OUT/evaluation/clinical.md"
+echo "The synthetic cohort is not clinical data: these figures show that every stage and the read-out work;"
+echo "they are not the paper's figures and not clinical evidence."
 echo
 echo "Synthesised NIfTI volumes (open them over $RAW/test/<patient>/dwi.nii.gz):"
 ls "$OUT"/samples/*/*/*.nii.gz | head -n 8

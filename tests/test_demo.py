@@ -65,6 +65,7 @@ def test_demo_pipeline_runs_every_stage_and_writes_source_space_volumes(tmp_path
     table = (out / "evaluation/table1.md").read_text()
     assert "| cLDM |" in table and "| cLDM (continued) |" in table and "| cLDM-PT |" in table
     assert "#### cLDM-PT vs cLDM (continued)" in table and "Failed slices" in table
+    assert (out / "evaluation/clinical.md").is_file() and "Clinical read-out" in proc.stdout
     assert list((out / "evaluation/panels").glob("*.png"))
     assert table.splitlines()[0] in proc.stdout  # the comparison is printed
 
