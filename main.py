@@ -2,7 +2,8 @@
 
     python main.py --base configs/latent-diffusion/ldm.yaml -t
     python main.py --base configs/demo/ldm.yaml -t model.params.lambda_image=0.05 lightning.trainer.max_steps=100
-    python main.py -r logs/2025-01-01T00-00-00_ldm            # resume a run (its configs are reloaded)
+    python main.py -r logs/2025-01-01T00-00-00_ldm -t         # resume training (its configs are reloaded)
+    python main.py -r logs/2025-01-01T00-00-00_ldm            # test it (CompVis: -r without -t does not train)
 
 Runs live in ``<logdir>/<timestamp>_<name>/{checkpoints,configs,images,tensorboard}``.
 Mistakes in configs or on the command line end with one line on stderr and exit code 2.
@@ -20,6 +21,7 @@ from pathlib import Path
 from ldm.util import ConfigError
 
 EXIT_USER_ERROR = 2
+EXIT_TRAINING_FAILED = 1
 # DDP re-executes this script once per extra rank: they must all agree on the run directory.
 _RUN_TIMESTAMP_ENV = "LDM_RUN_TIMESTAMP"
 
@@ -81,6 +83,22 @@ def resolve_run(opt: argparse.Namespace) -> tuple[str, str, str | None, list[str
     return os.path.join(opt.logdir, nowname), nowname, None, list(opt.base)
 
 
+def check_checkpoint_file(path: str) -> None:
+    """Refuse, in one line, a checkpoint that cannot be read as plain data (corrupt, truncated, or
+    holding pickled objects that would run code), before Lightning reads it."""
+    import pickle
+
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot resume from {path!r}: not a readable checkpoint ({first[:200]})") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"cannot resume from {path!r}: not a Lightning checkpoint (no state_dict)")
+
+
 def count_devices(trainer_cfg: dict) -> int:
     """Devices per node that the trainer settings select (for the learning-rate scaling)."""
     import torch
@@ -115,7 +133,7 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
-    from ldm.callbacks import EmergencyCheckpoint, ImageLogger, SetupCallback
+    from ldm.callbacks import EmergencyCheckpoint, ImageLogger, NonFiniteLossError, NonFiniteLossGuard, SetupCallback
     from ldm.config import apply_overrides, load_configs, to_container
     from ldm.util import instantiate_from_config
 
@@ -152,6 +170,7 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
                                            lightning_config=lightning_config))
             continue
         callbacks.append(instantiate_from_config(cb_cfg))
+    callbacks.append(NonFiniteLossGuard())
     callbacks.append(model_checkpoint(model, ckptdir, lightning_config))
     callbacks.append(EmergencyCheckpoint(ckptdir))
     logger = make_logger(logdir, lightning_config)
@@ -172,17 +191,31 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
         model.learning_rate = base_lr
         pl.utilities.rank_zero_info(f"++++ NOT USING LR SCALING ++++\nSetting learning rate to {base_lr:.2e}")
 
+    if ckpt is not None:
+        check_checkpoint_file(ckpt)
     if opt.train:
         try:
-            trainer.fit(model, data, ckpt_path=ckpt)
+            # weights_only: a checkpoint is data, it must not run code (whatever TORCH_FORCE_* says)
+            trainer.fit(model, data, ckpt_path=ckpt, weights_only=True)
         except SystemExit as e:
             if type(e).__name__ == "SIGTERMException":
                 print(f"Training stopped by SIGTERM; last checkpoint in {ckptdir}", file=sys.stderr)
                 return 143
             raise
+        except NonFiniteLossError as e:
+            print(f"error: {e}; last checkpoint in {ckptdir}", file=sys.stderr)
+            return EXIT_TRAINING_FAILED
     has_test = getattr(data, "has_test", False)
+    if not opt.train and (opt.no_test or not has_test):
+        # CompVis's -r without -t tests; with nothing to test it would silently do nothing
+        what = "the run" if opt.resume else "the model"
+        raise ConfigError(f"nothing to do: without -t main.py only tests {what}, and "
+                          f"{'--no-test was given' if opt.no_test else 'the config has no data.params.test split'}; "
+                          f"add -t to {'resume training' if opt.resume else 'train'}")
     if not opt.no_test and not trainer.interrupted and has_test:
-        trainer.test(model, data, ckpt_path=None if opt.train else ckpt)
+        trainer.test(model, data, ckpt_path=None if opt.train else ckpt, weights_only=True)
+        if not opt.train:
+            print(f"tested {ckpt or 'the model'} (add -t to resume training)")
     return 0
 
 

@@ -5,7 +5,7 @@
 # arguments are passed on to main.py, e.g.
 #   VQGAN_CKPT=logs/<vqgan run>/checkpoints/last.ckpt bash scripts/train_LDM.sh lightning.trainer.devices=2
 #   bash scripts/train_LDM.sh lightning.trainer.precision=bf16-mixed model.params.unet_config.params.use_checkpoint=true
-# Resume a run with: python main.py -r logs/<run>
+# Resume a run with: python main.py -r logs/<run> -t
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}

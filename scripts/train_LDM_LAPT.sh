@@ -9,7 +9,7 @@
 #   bash scripts/train_LDM_LAPT.sh data.params.batch_size=48 lightning.trainer.precision=bf16-mixed \
 #       model.params.decoder_checkpointing=true           # the paper's batch on one large GPU
 # The loss-weight grid of the paper's Table 2: python scripts/lambda_sweep.py --help
-# Resume a run with: python main.py -r logs/<run>
+# Resume a run with: python main.py -r logs/<run> -t
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}

@@ -3,7 +3,7 @@
 # The data paths in the config (data/npy/train, data/npy/val) are the outputs of
 # scripts/preprocessing.sh. Extra arguments are passed on to main.py, e.g.
 #   bash scripts/train_VQVAE.sh lightning.trainer.devices=2 data.params.batch_size=4
-# Resume a run with: python main.py -r logs/<run>
+# Resume a run with: python main.py -r logs/<run> -t
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}

@@ -6,7 +6,7 @@
 #   VQGAN_CKPT=logs/<vqgan run>/checkpoints/last.ckpt bash scripts/train_cBBDM.sh lightning.trainer.devices=2
 #   CONFIG=configs/demo/cbbdm.yaml VQGAN_CKPT=... bash scripts/train_cBBDM.sh   # the synthetic demo
 # Then post-train it with scripts/train_cBBDM_PT.sh, and sample either with scripts/sample_LDM.py
-# (bridge sampler; pass --eta 1 for BBDM's ancestral sampling). Resume a run with: python main.py -r logs/<run>
+# (bridge sampler; pass --eta 1 for BBDM's ancestral sampling). Resume a run with: python main.py -r logs/<run> -t
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}

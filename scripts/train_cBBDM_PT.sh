@@ -7,7 +7,7 @@
 #   CBBDM_CKPT=... bash scripts/train_cBBDM_PT.sh data.params.batch_size=48 \
 #       lightning.trainer.precision=bf16-mixed model.params.decoder_checkpointing=true
 #   CONFIG=configs/demo/cbbdm_pt.yaml CBBDM_CKPT=... bash scripts/train_cBBDM_PT.sh   # the synthetic demo
-# Resume a run with: python main.py -r logs/<run>
+# Resume a run with: python main.py -r logs/<run> -t
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}

@@ -156,3 +156,18 @@ def test_augmentation_warps_the_unclipped_maps_then_clips_as_the_reference(split
     clipped_first, _ = apply_augmentation(mri.clamp(0, 1), masks, params)
     other = torch.where(mask > 0, clipped_first * 2 - 1, torch.tensor(-1.0))
     assert (item["mri"] - other).abs().max() > 1e-3  # the order matters, and ours is the reference's
+
+
+def test_a_non_finite_slice_is_refused_by_name(tmp_path):
+    p = generate_patient([9, 7], size=SIZE, n_slices=3, n_timepoints=15)
+    write_patient(p, tmp_path / "raw" / "PNAN")
+    preprocess_cohort(tmp_path / "raw", tmp_path / "npy", size=SIZE, progress=False)
+    record = load_index(tmp_path / "npy")["PNAN"]
+    ctp = np.load(record.array_path("ctp"))
+    ctp[1, 4, 10, 10] = np.nan
+    np.save(record.array_path("ctp"), ctp)
+    dataset = CTPMRISlices(tmp_path / "npy")
+    dataset[0]  # the other slices read fine
+    with pytest.raises(ValueError, match=rf"patient PNAN: ctp.npy holds NaN/inf values in slice "
+                                         rf"{record.slice_indices[1]}"):
+        dataset[1]

@@ -70,6 +70,50 @@ def test_resume_from_run_directory_continues_with_optimizer_state(trained_run, t
     assert after["global_step"] == 6
 
 
+def test_the_documented_resume_command_advances_training_and_the_bare_form_says_what_it_did(trained_run):
+    """README's resume line (``main.py -r logs/<run> -t``) trains on; ``-r`` alone (CompVis: test only)
+    on a run without a test split does nothing, and says so instead of exiting 0."""
+    run, _ = trained_run
+    readme = (ROOT / "README.md").read_text()
+    line = next(l for l in readme.splitlines() if l.startswith("python main.py -r logs/<run> ") and "resume" in l)
+    args = line.split("#")[0].split()[2:]
+    args = [str(run) if a == "logs/<run>" else a for a in args]
+    step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    proc = run_main(*args, f"lightning.trainer.max_steps={step + 2}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    assert after == step + 2
+    proc = run_main("-r", str(run))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: nothing to do: without -t main.py only tests the run, and the config has no data.params.test "
+        "split; add -t to resume training")
+
+
+def test_a_corrupt_or_code_carrying_checkpoint_is_refused_in_one_line(trained_run, tmp_path):
+    run, _ = trained_run
+    bad_run = tmp_path / "bad_run"
+    (bad_run / "checkpoints").mkdir(parents=True)
+    for config in (run / "configs").glob("*.yaml"):
+        (bad_run / "configs").mkdir(exist_ok=True)
+        (bad_run / "configs" / config.name).write_text(config.read_text())
+    last = bad_run / "checkpoints" / "last.ckpt"
+    data = (run / "checkpoints" / "last.ckpt").read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # truncated
+    proc = run_main("-r", str(bad_run), "-t")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot resume from {str(last)!r}: not a readable")
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    torch.save({"state_dict": {}, "evil": Payload()}, last)
+    proc = run_main("-r", str(bad_run), "-t")
+    assert proc.returncode == 2 and "not a readable checkpoint" in proc.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_dotlist_override_reaches_model(tmp_path):
     proc = run_main("--base", TOY, "-t", "-l", str(tmp_path), "model.params.hidden=5",
                     "lightning.trainer.max_steps=1")
@@ -163,6 +207,21 @@ def test_exception_during_training_saves_checkpoint(tmp_path):
     run = only_run_dir(tmp_path)
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
+
+
+def test_non_finite_loss_stops_training_and_no_checkpoint_holds_nan(tmp_path):
+    proc = run_main("--base", TOY, "-t", "-l", str(tmp_path), "lightning.trainer.max_steps=10",
+                    "lightning.trainer.val_check_interval=1", "model.params.nan_at_step=3")
+    assert proc.returncode == 1
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: training stopped: the loss is nan at global step 3"), last_line
+    run = only_run_dir(tmp_path)
+    checkpoints = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert checkpoints and (run / "checkpoints" / "last.ckpt") in checkpoints
+    for path in checkpoints:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values()), path
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 3
 
 
 def test_split_overrides_keeps_options_and_files():

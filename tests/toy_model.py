@@ -27,7 +27,7 @@ class ToyDataset(Dataset):
 class ToyRegressor(pl.LightningModule):
     def __init__(self, dim: int = 4, hidden: int = 8, monitor: str | None = "val/loss",
                  seconds_per_step: float = 0.0, fail_at_step: int | None = None,
-                 record_start_to: str | None = None) -> None:
+                 record_start_to: str | None = None, nan_at_step: int | None = None) -> None:
         super().__init__()
         self.net = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
         self.hidden = hidden
@@ -36,6 +36,7 @@ class ToyRegressor(pl.LightningModule):
         self.fail_at_step = fail_at_step
         self.learning_rate = 1e-3
         self.record_start_to = record_start_to
+        self.nan_at_step = nan_at_step
 
     def on_train_start(self) -> None:
         """Record where training (re)starts, so tests can check what a resume restored."""
@@ -60,6 +61,8 @@ class ToyRegressor(pl.LightningModule):
         if self.seconds_per_step:
             time.sleep(self.seconds_per_step)
         loss = self._loss(batch)
+        if self.nan_at_step is not None and self.global_step >= self.nan_at_step:
+            loss = loss * float("nan")  # as a NaN in the data or a diverging step would
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
 
+from ldm.callbacks.nonfinite_guard import has_non_finite_weights
 from ldm.io import atomic_path
 
 
@@ -49,6 +50,10 @@ class EmergencyCheckpoint(pl.Callback):
         so the checkpoint is dumped and written directly on rank zero.
         """
         if not trainer.is_global_zero:
+            return
+        bad = has_non_finite_weights(trainer.lightning_module)
+        if bad is not None:  # never replace a good last.ckpt with NaN weights
+            rank_zero_info(f"{reason}: not saving a checkpoint: {bad} holds NaN/inf values")
             return
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         with atomic_path(self.path) as tmp:

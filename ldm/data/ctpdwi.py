@@ -80,6 +80,10 @@ class _PreprocessedSlices(Dataset):
         for name in names:
             # copy the slice out of the memory map, then widen in torch (much faster than NumPy's float16)
             slice_ = torch.from_numpy(np.array(arrays[name][position])).float()
+            if not bool(torch.isfinite(slice_).all()):  # one NaN would turn every weight into NaN
+                z = self.records[patient_id].slice_indices[position]
+                raise ValueError(f"patient {patient_id}: {name}.npy holds NaN/inf values in slice {z} "
+                                 f"({self.data_root / patient_id}); preprocess the patient again")
             out[name] = slice_ if slice_.ndim == 3 else slice_[None]
         return out
 
