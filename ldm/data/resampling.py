@@ -4,13 +4,15 @@ The target grid of a source grid keeps its orientation (the affine's direction c
 field of view: ``n' = round(n * zoom / spacing)`` voxels per axis, centred on the source's centre.
 Images are resampled by trilinear interpolation, masks by the same interpolation of their
 indicator kept where the fraction is > 0.5 (a majority vote that neither grows nor shrinks a
-mask, unlike nearest neighbour on a coarser grid). Points outside the source's field of view get
-``fill`` (0, the background of every map here).
+mask, unlike nearest neighbour on a coarser grid). A voxel's value holds over its whole extent:
+points beyond the outermost voxel centres but inside the field of view (within half a voxel) take
+the edge value, so that a grid and its resampled copy cover each other exactly; points outside
+the field of view get ``fill`` (0, the background of every map here).
 
 Between two grids of the same orientation (the usual case: spacing only) the voxel-to-voxel map is
-diagonal, so trilinear interpolation factorises into three 1-D passes (exactly the same weights
-as ``scipy.ndimage.affine_transform(order=1, mode="constant")``, a fraction of its time). Other
-pairs (a CTP on its own, oblique grid) go through ``affine_transform``.
+diagonal, so trilinear interpolation factorises into three 1-D passes (the same weights as
+``scipy.ndimage.affine_transform(order=1)`` in a fraction of its time). Other pairs (a CTP on its
+own, oblique grid) go through ``affine_transform``.
 
 A grid whose voxel size is within ``SPACING_TOLERANCE`` (relative) of the target is left as it is:
 headers round voxel sizes (an oblique 1 mm axis reads 0.995 mm), and resampling for a 1 % scale
@@ -90,8 +92,7 @@ def target_grid(source: Grid, spacing: Sequence[float] | None, tolerance: float 
 def _axis_pass(volume: np.ndarray, axis: int, positions: np.ndarray, fill: float) -> np.ndarray:
     """Linear interpolation of ``volume`` along ``axis`` at source ``positions`` (voxel units)."""
     n = volume.shape[axis]
-    eps = 1e-6
-    valid = (positions >= -eps) & (positions <= n - 1 + eps)
+    valid = (positions >= -0.5) & (positions <= n - 0.5)
     clipped = np.clip(positions, 0.0, n - 1.0)
     lower = np.minimum(np.floor(clipped).astype(np.intp), max(n - 2, 0))
     upper = np.minimum(lower + 1, n - 1)
@@ -138,20 +139,26 @@ def resample(volume: np.ndarray, source_affine: np.ndarray, target: Grid, mask: 
 
         frames = data[..., None] if data.ndim == 3 else data
         out = np.empty((*target.shape, frames.shape[3]), dtype=np.float32)
+        outside = ~_inside(volume.shape[:3], matrix, target.shape)
         for t in range(frames.shape[3]):
             ndimage.affine_transform(frames[..., t], linear, offset, output_shape=target.shape, output=out[..., t],
-                                     order=1, mode="constant", cval=fill, prefilter=False)
+                                     order=1, mode="nearest", prefilter=False)
+            out[..., t][outside] = fill
         out = out[..., 0] if data.ndim == 3 else out
     return out > 0.5 if mask else out
+
+
+def _inside(source_shape: Sequence[int], matrix: np.ndarray, target_shape: Sequence[int],
+            where: np.ndarray | None = None) -> np.ndarray:
+    """Whether each target voxel centre (or each of ``where``) lies in the source's field of view."""
+    index = np.argwhere(where) if where is not None else np.indices(target_shape).reshape(3, -1).T
+    points = index @ matrix[:3, :3].T + matrix[:3, 3]
+    inside = np.all((points >= -0.5) & (points <= np.asarray(source_shape[:3]) - 0.5), axis=1)
+    return inside if where is not None else inside.reshape(tuple(target_shape))
 
 
 def coverage(source: Grid, target: Grid, where: np.ndarray | None = None) -> float:
     """Share of ``target``'s voxels (or of those in ``where``) whose centre lies in ``source``'s field
     of view: how much of a grid a volume on another grid can fill."""
-    index = np.argwhere(where) if where is not None else np.indices(target.shape).reshape(3, -1).T
-    if index.size == 0:
-        return 0.0
-    matrix = index_map(source.affine, target)
-    points = index @ matrix[:3, :3].T + matrix[:3, 3]
-    inside = np.all((points >= -0.5) & (points <= np.asarray(source.shape) - 0.5), axis=1)
-    return float(inside.mean())
+    inside = _inside(source.shape, index_map(source.affine, target), target.shape, where)
+    return float(inside.mean()) if inside.size else 0.0
