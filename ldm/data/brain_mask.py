@@ -53,8 +53,15 @@ def derive_brain_mask(ctp: np.ndarray, window_hu: tuple[float, float] = SOFT_TIS
 
     ``zooms`` (voxel size in mm, default 1 x 1 x 5) sets the erosion of an unstripped CTP.
     """
-    mean = ctp.mean(axis=-1, dtype=np.float32)
-    varying = ctp.max(axis=-1) > ctp.min(axis=-1)
+    return brain_mask_from_statistics(ctp.mean(axis=-1, dtype=np.float32), ctp.max(axis=-1) > ctp.min(axis=-1),
+                                      window_hu, zooms)
+
+
+def brain_mask_from_statistics(mean: np.ndarray, varying: np.ndarray,
+                               window_hu: tuple[float, float] = SOFT_TISSUE_HU,
+                               zooms: Sequence[float] | None = None) -> np.ndarray:
+    """:func:`derive_brain_mask` from the temporal mean (HU) and whether each voxel's curve varies
+    (for frames that are aligned on the fly, e.g. by motion correction, without stacking them)."""
     candidate = (mean > window_hu[0]) & (mean < window_hu[1]) & varying
     cross = ndimage.generate_binary_structure(2, 1)[:, :, None]
     if is_skull_stripped(mean):
