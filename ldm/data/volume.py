@@ -3,8 +3,9 @@
 The exact inverse of preprocessing's geometry: the (H, W) window is cut back to the cropped
 region of the model grid (padding dropped, cropped-away parts and skipped slices become
 background) and each slice goes back to its z index; when preprocessing resampled the patient to
-another spacing, that volume is resampled back onto the source grid (trilinear; the brain mask by
-fraction > 0.5), so outputs always have the source's exact shape and affine. Intensities: [-1, 1] -> [0, 1] -> ``u * (hi - lo) + lo``
+another spacing, that volume is resampled back onto the source grid (trilinear, normalised by the
+interpolated brain mask; the brain mask by fraction > 0.5), so outputs always have the source's
+exact shape and affine. Intensities: [-1, 1] -> [0, 1] -> ``u * (hi - lo) + lo``
 with the patient's own percentile constants, or for a CTP-only patient the cohort reference of
 the training split; outside the brain mask the volume is 0.
 """
@@ -104,9 +105,14 @@ def slices_to_volume(slices: np.ndarray, record: PatientRecord, modality: str,
         raise ValueError(f"patient {record.patient_id}: mask shape {tuple(mask.shape)} != slices shape {slices.shape}")
     physical = np.where(mask > 0, unit_to_physical(from_model_range(slices), *intensity), 0.0).astype(np.float32)
     volume = place_slices(physical, record, fill=0.0)
-    if record.resampled:  # back onto the source grid, zero outside the brain mask there too
-        brain = to_source_grid(place_slices(mask > 0, record, fill=0), record, mask=True)
-        volume = np.where(brain, to_source_grid(volume, record), 0.0).astype(np.float32)
+    if record.resampled:
+        # Back onto the source grid, zero outside the brain mask there (fraction > 0.5). Inside,
+        # normalised interpolation (the interpolated volume over the interpolated mask): a voxel
+        # at the brain's edge takes the brain's values, not a blend with the zero background.
+        weight = to_source_grid(place_slices((mask > 0).astype(np.float32), record, fill=0.0), record)
+        values = to_source_grid(volume, record)
+        brain = weight > 0.5
+        volume = np.where(brain, values / np.maximum(weight, 0.5), 0.0).astype(np.float32)
     return volume
 
 
