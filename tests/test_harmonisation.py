@@ -108,8 +108,20 @@ def test_separable_resampling_equals_scipy_trilinear():
     mask[5:15, 4:12, 2:7] = True
     rotated = affine.copy()
     rotated[:3, :3] = affine[:3, :3] @ np.array([[0.96, -0.28, 0], [0.28, 0.96, 0], [0, 0, 1]])
+    rotated[:3, 3] += 2.0  # partly outside the source
     grid = Grid((20, 17, 9), rotated)
     assert resample(mask, affine, grid, mask=True).dtype == bool
+    matrix = np.linalg.inv(affine) @ rotated
+    points = np.indices(grid.shape).reshape(3, -1).T @ matrix[:3, :3].T + matrix[:3, 3]
+    outside = ~np.all((points >= -0.5) & (points <= np.asarray(volume.shape[:3]) - 0.5), axis=1).reshape(grid.shape)
+    assert outside.any() and not outside.all()
+    for layout in (np.ascontiguousarray, np.asfortranarray):  # NIfTI data come F-ordered
+        out = resample(layout(volume), affine, grid, fill=-3.0)
+        for t in range(volume.shape[3]):
+            expected = ndimage.affine_transform(volume[..., t], matrix[:3, :3], matrix[:3, 3], output_shape=grid.shape,
+                                                order=1, mode="nearest", prefilter=False)
+            expected[outside] = -3.0
+            np.testing.assert_allclose(out[..., t], expected, atol=1e-5)
     assert resample(volume, affine, source) is volume  # same grid: untouched
     assert coverage(source, grid) > 0.5 and coverage(Grid((3, 3, 3), affine + np.diag([0, 0, 0, 0]) + _far()), grid) == 0
 

@@ -12,7 +12,8 @@ the field of view get ``fill`` (0, the background of every map here).
 Between two grids of the same orientation (the usual case: spacing only) the voxel-to-voxel map is
 diagonal, so trilinear interpolation factorises into three 1-D passes (the same weights as
 ``scipy.ndimage.affine_transform(order=1)`` in a fraction of its time). Other pairs (a CTP on its
-own, oblique grid) go through ``affine_transform``.
+own, oblique grid) gather the eight corners of every target point, with indices and weights
+computed once for all frames.
 
 A grid whose voxel size is within ``SPACING_TOLERANCE`` (relative) of the target is left as it is:
 headers round voxel sizes (an oblique 1 mm axis reads 0.995 mm), and resampling for a 1 % scale
@@ -92,20 +93,73 @@ def target_grid(source: Grid, spacing: Sequence[float] | None, tolerance: float 
 def _axis_pass(volume: np.ndarray, axis: int, positions: np.ndarray, fill: float) -> np.ndarray:
     """Linear interpolation of ``volume`` along ``axis`` at source ``positions`` (voxel units)."""
     n = volume.shape[axis]
+    if positions.size == n and np.allclose(positions, np.arange(n), rtol=0, atol=1e-6):
+        return volume  # this axis is already on the target's points
     valid = (positions >= -0.5) & (positions <= n - 0.5)
     clipped = np.clip(positions, 0.0, n - 1.0)
     lower = np.minimum(np.floor(clipped).astype(np.intp), max(n - 2, 0))
     upper = np.minimum(lower + 1, n - 1)
-    frac = (clipped - lower).astype(np.float32)
     shape = [1] * volume.ndim
     shape[axis] = positions.size
-    w_upper = np.where(valid, frac, 0.0).astype(np.float32).reshape(shape)
-    w_lower = np.where(valid, 1.0 - frac, 0.0).astype(np.float32).reshape(shape)
-    out = np.take(volume, lower, axis=axis) * w_lower
-    out += np.take(volume, upper, axis=axis) * w_upper
-    if fill != 0.0 and not valid.all():
-        out += np.where(valid, 0.0, np.float32(fill)).astype(np.float32).reshape(shape)
+    # lower + frac * (upper - lower), in place: two gathers and three passes over the output
+    out = np.take(volume, lower, axis=axis)
+    step = np.take(volume, upper, axis=axis)
+    step -= out
+    step *= (clipped - lower).astype(np.float32).reshape(shape)
+    out += step
+    del step
+    if not valid.all():
+        index = [slice(None)] * volume.ndim
+        index[axis] = ~valid
+        out[tuple(index)] = fill
     return out
+
+
+class _Gather:
+    """Trilinear interpolation at arbitrary (here: oblique) source positions of a fixed target grid.
+
+    The same weights as ``scipy.ndimage.affine_transform(order=1)``, with the edge value up to half
+    a voxel beyond the outermost centres and ``fill`` outside the field of view.
+    """
+
+    def __init__(self, source_shape: Sequence[int], matrix: np.ndarray, target_shape: Sequence[int]) -> None:
+        n = np.asarray(source_shape[:3])
+        index = np.indices(tuple(target_shape), dtype=np.float64).reshape(3, -1)
+        points = matrix[:3, :3] @ index + matrix[:3, 3, None]
+        self.inside = np.all((points >= -0.5) & (points <= (n - 0.5)[:, None]), axis=0)
+        clipped = np.clip(points, 0.0, (n - 1.0)[:, None])
+        self.lower = np.minimum(np.floor(clipped).astype(np.intp), np.maximum(n - 2, 0)[:, None])
+        self.frac = (clipped - self.lower).astype(np.float32)
+        self.step = (n > 1).astype(np.intp)  # no upper neighbour on a single-voxel axis
+        self.shape = tuple(int(v) for v in target_shape)
+        self.source_shape = tuple(int(v) for v in n)
+        self._layout: tuple | None = None
+        self._corners: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def _prepare(self, strides: tuple[int, ...]) -> None:
+        if self._layout == strides:
+            return
+        base = sum(self.lower[a] * strides[a] for a in range(3))
+        self._corners = []
+        for corner in range(8):
+            bits = [(corner >> a) & 1 for a in range(3)]
+            offset = sum(bits[a] * self.step[a] * strides[a] for a in range(3))
+            weight = np.ones(base.shape, dtype=np.float32)
+            for a in range(3):
+                weight *= self.frac[a] if bits[a] else 1.0 - self.frac[a]
+            self._corners.append((base + offset, weight))
+        self._layout = strides
+
+    def __call__(self, frame: np.ndarray, fill: float) -> np.ndarray:
+        if not (frame.flags.c_contiguous or frame.flags.f_contiguous):
+            frame = np.ascontiguousarray(frame)
+        self._prepare(tuple(s // frame.itemsize for s in frame.strides))
+        flat = frame.ravel(order="K")  # memory order: no copy for a contiguous frame
+        out = np.zeros(self.inside.shape, dtype=np.float32)
+        for index, weight in self._corners:
+            out += np.take(flat, index) * weight
+        out[~self.inside] = fill
+        return out.reshape(self.shape)
 
 
 def index_map(source_affine: np.ndarray, target: Grid) -> np.ndarray:
@@ -131,20 +185,34 @@ def resample(volume: np.ndarray, source_affine: np.ndarray, target: Grid, mask: 
         positions = [linear[a, a] * np.arange(target.shape[a]) + offset[a] for a in range(3)]
         # shrink first: the passes that cut the array most go first (fewer voxels to interpolate later)
         order = sorted(range(3), key=lambda a: target.shape[a] / max(volume.shape[a], 1))
-        out = data
-        for axis in order:
-            out = _axis_pass(out, axis, positions[axis], fill)
-    else:
-        from scipy import ndimage
 
-        frames = data[..., None] if data.ndim == 3 else data
-        out = np.empty((*target.shape, frames.shape[3]), dtype=np.float32)
-        outside = ~_inside(volume.shape[:3], matrix, target.shape)
-        for t in range(frames.shape[3]):
-            ndimage.affine_transform(frames[..., t], linear, offset, output_shape=target.shape, output=out[..., t],
-                                     order=1, mode="nearest", prefilter=False)
-            out[..., t][outside] = fill
-        out = out[..., 0] if data.ndim == 3 else out
+        def spatial(frame: np.ndarray) -> np.ndarray:
+            # gathers are fastest on a C-ordered array: an F-ordered frame (as NIfTI stores them) is
+            # one seen transposed, so work on that view with the axes reversed, without a copy
+            if frame.flags.f_contiguous and not frame.flags.c_contiguous:
+                flipped = frame.T
+                for axis in order:
+                    flipped = _axis_pass(flipped, 2 - axis, positions[axis], fill)
+                return flipped.T
+            frame = np.ascontiguousarray(frame)
+            for axis in order:
+                frame = _axis_pass(frame, axis, positions[axis], fill)
+            return frame
+
+        if data.ndim == 3:
+            out = spatial(data)
+        else:  # frame by frame: 3-D passes stay in cache, and NIfTI frames are contiguous (F order)
+            out = np.empty((*target.shape, data.shape[3]), dtype=np.float32, order="F")
+            for t in range(data.shape[3]):
+                out[..., t] = spatial(data[..., t])
+    else:  # another orientation: trilinear gathers, the 8 corners and weights computed once for all frames
+        gather = _Gather(volume.shape[:3], matrix, target.shape)
+        if data.ndim == 3:
+            out = gather(data, fill)
+        else:
+            out = np.empty((*target.shape, data.shape[3]), dtype=np.float32, order="F")
+            for t in range(data.shape[3]):
+                out[..., t] = gather(data[..., t], fill)
     return out > 0.5 if mask else out
 
 

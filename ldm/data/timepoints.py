@@ -113,8 +113,9 @@ def resample_frames(ctp: np.ndarray, times: FrameTimes, n_target: int) -> tuple[
     upper = np.clip(np.searchsorted(source, samples, side="right"), 1, n_frames - 1)
     lower = upper - 1
     frac = np.clip((samples - source[lower]) / (source[upper] - source[lower]), 0.0, 1.0)
-    out = np.empty((*ctp.shape[:-1], n_target), dtype=np.float32)
-    for k in range(n_target):  # frame by frame: no (X, Y, Z, T) float copy of the whole input
+    # frame by frame (no float copy of the whole input); frames contiguous in memory as NIfTI's are
+    out = np.empty((*ctp.shape[:-1], n_target), dtype=np.float32, order="F")
+    for k in range(n_target):
         out[..., k] = ctp[..., lower[k]] * np.float32(1.0 - frac[k])
         out[..., k] += ctp[..., upper[k]] * np.float32(frac[k])
     return out, samples
