@@ -35,7 +35,6 @@ from ldm.data.harmonisation import harmonise  # noqa: E402
 from ldm.data.preprocessing import _build, preprocess_cohort, preprocess_patient  # noqa: E402
 from ldm.data.resampling import PAPER_SPACING, Grid, resample, target_grid  # noqa: E402
 from ldm.data.synthetic import generate_patient, write_patient  # noqa: E402
-from ldm.data.timepoints import FrameTimes, resample_frames  # noqa: E402
 from ldm.data.validation import load_patient  # noqa: E402
 
 

@@ -47,8 +47,8 @@ def get_parser() -> argparse.ArgumentParser:
                         "validation data_root)")
     p.add_argument("--reference", default=None,
                    help="preprocessed training split whose cohort reference values give the DWI/ADC "
-                        "intensity scale of CTP-only patients (default: the run's train data_root if it "
-                        "exists, else the data's own reference.json)")
+                        "intensity scale of CTP-only patients (default: the run's own reference.json, else "
+                        "its train data_root if it exists, else the data's own reference.json)")
     p.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
                    help="in-plane size for preprocessing a raw cohort (default: the model's input size, "
                         "model.params.image_size x the first stage's factor; needed only if that is unknown)")

@@ -123,7 +123,7 @@ def test_separable_resampling_equals_scipy_trilinear():
             expected[outside] = -3.0
             np.testing.assert_allclose(out[..., t], expected, atol=1e-5)
     assert resample(volume, affine, source) is volume  # same grid: untouched
-    assert coverage(source, grid) > 0.5 and coverage(Grid((3, 3, 3), affine + np.diag([0, 0, 0, 0]) + _far()), grid) == 0
+    assert coverage(source, grid) > 0.5 and coverage(Grid((3, 3, 3), affine + _far()), grid) == 0
 
 
 def _far():
@@ -200,7 +200,8 @@ def test_ctp_on_its_own_grid_is_resampled_onto_the_dwis(tmp_path, demo_patient):
 
     # a mask on another grid than the DWI's is refused by name
     write_patient(p, tmp_path / "badmask" / p.patient_id)
-    nib.save(nib.Nifti1Image(np.zeros(grid.shape, np.uint8) + 1, fine), str(tmp_path / "badmask" / p.patient_id / "mask.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones(grid.shape, np.uint8), fine),
+             str(tmp_path / "badmask" / p.patient_id / "mask.nii.gz"))
     with pytest.raises(CohortError) as error:
         preprocess_cohort(tmp_path / "badmask", tmp_path / "npy_badmask", size=(64, 64), progress=False)
     assert error.value.summary.failures[p.patient_id].startswith(
@@ -219,7 +220,8 @@ def test_frames_are_resampled_on_their_acquisition_times():
     # without times: uniform over the frame index
     out, samples = resample_frames(ctp, FrameTimes(None, "frame index"), 15)
     np.testing.assert_allclose(samples, np.linspace(0, 19, 15))
-    np.testing.assert_allclose(out[..., -1], ctp[..., -1]) and np.testing.assert_allclose(out[..., 0], ctp[..., 0])
+    np.testing.assert_allclose(out[..., -1], ctp[..., -1])
+    np.testing.assert_allclose(out[..., 0], ctp[..., 0])
     same, none = resample_frames(ctp[..., :15], FrameTimes(None, "frame index"), 15)
     assert same is not None and none is None and np.shares_memory(same, ctp)
     with pytest.raises(ValueError, match="fewer frames"):

@@ -103,16 +103,19 @@ def test_import_writes_one_grid_per_patient_at_the_target_spacing_with_a_seeded_
             np.linspace(0, 42 * 19 / 19, 15))
     # the same seed gives the same split; the output preprocesses without further resampling
     again = import_isles24(root, tmp_path / "again", progress=False)
-    assert {s: e["split"] for s, e in again.imported.items()} == {s: e["split"] for s, e in manifest["subjects"].items()}
+    splits = {s: e["split"] for s, e in manifest["subjects"].items()}
+    assert {s: e["split"] for s, e in again.imported.items()} == splits
     preprocess_cohort(out / "train", tmp_path / "npy", size=(160, 192), spacing=(1.0, 1.0, 5.0), progress=False)
     records = load_index(tmp_path / "npy")
-    assert sorted(records) == manifest["splits"]["train"] and not any(r.resampled or r.ctp_resampled or r.sample_times for r in records.values())
+    assert sorted(records) == manifest["splits"]["train"]
+    assert not any(r.resampled or r.ctp_resampled or r.sample_times for r in records.values())
     assert all(r.mask_source == "given" and r.has_mri for r in records.values())
 
 
 def test_bad_arguments_and_roots(tmp_path, capsys):
     script = _load_script()
     with pytest.raises(SystemExit):
-        script.main(["--isles_root", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--split", "0.5", "0.5", "0.5"])
+        script.main(["--isles_root", str(tmp_path), "--output_dir", str(tmp_path / "o"),
+                     "--split", "0.5", "0.5", "0.5"])
     assert script.main(["--isles_root", str(tmp_path), "--output_dir", str(tmp_path / "o")]) == 2
     assert "no derivatives/ folder" in capsys.readouterr().err

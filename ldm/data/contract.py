@@ -59,7 +59,8 @@ class DataContract:
         reference_path = Path(data_root) / REFERENCE_FILE
         reference = load_reference(reference_path) if reference_path.is_file() else None
         spacing = settings["spacing"]
-        return cls(size=tuple(settings["size"]), spacing=None if spacing is None else tuple(spacing),  # type: ignore[arg-type]
+        return cls(size=tuple(settings["size"]),  # type: ignore[arg-type]
+                   spacing=None if spacing is None else tuple(spacing),  # type: ignore[arg-type]
                    n_timepoints=settings["n_timepoints"], slice_rule=settings["slice_rule"],
                    train_data_root=str(Path(data_root).resolve()), reference=reference,
                    source=str(Path(data_root) / INDEX_FILE))

@@ -73,7 +73,8 @@ def harmonise(volumes: PatientVolumes, spacing: Sequence[float] | None, n_timepo
 
     harmonised = replace(volumes, ctp=ctp, **mri, affine=np.asarray(grid.affine, dtype=np.float64),
                          zooms=volumes.zooms if grid is source else affine_zooms(grid.affine), ctp_affine=None)
-    return harmonised, Harmonisation(source, volumes.zooms, grid, not ctp_grid.same_as(source), int(volumes.ctp.shape[3]),
+    return harmonised, Harmonisation(source, volumes.zooms, grid, not ctp_grid.same_as(source),
+                                     int(volumes.ctp.shape[3]),
                                      volumes.frame_times, sample_times)
 
 

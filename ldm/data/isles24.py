@@ -179,7 +179,8 @@ def import_subject(files: dict[str, Path], folder: Path, spacing: Sequence[float
     nib.save(_nifti(brain.astype(np.uint8), grid), str(folder / "mask.nii.gz"))
     nib.save(_nifti(maps["lesion"].astype(np.uint8), grid), str(folder / "lesion.nii.gz"))
     return {"sources": {k: str(v) for k, v in files.items()}, "grid_shape": list(grid.shape),
-            "spacing": [round(z, 6) for z in grid.zooms], "source_spacing": [round(z, 6) for z in affine_zooms(dwi_image.affine)],
+            "spacing": [round(z, 6) for z in grid.zooms],
+            "source_spacing": [round(z, 6) for z in affine_zooms(dwi_image.affine)],
             "frames": {"source": int(ctp.shape[3]), "target": n_timepoints,
                        "times_source": times.source if samples is not None else "as acquired",
                        "acquisition_times": None if times.seconds is None else list(times.seconds),

@@ -15,7 +15,8 @@ Layout of a preprocessed split (``ldm/data/preprocessing.py --output_dir OUT``):
 ``S`` runs over the kept axial slices ``slice_indices`` (z of the model grid); ``H`` is the grid's
 first axis (X) and ``W`` its second (Y), cropped/padded to ``size``. The model grid is the source
 grid (the DWI's, or the CTP's for a CTP-only patient) resampled to the preprocessing spacing
-(ldm/data/resampling.py); when the source already is at that spacing the two are the same grid. CTP-only patients have no
+(ldm/data/resampling.py); when the source already is at that spacing the two are the same grid.
+CTP-only patients have no
 ``mri.npy``/``lesion.npy``. Images are stored unmasked and unclipped: datasets augment them
 jointly with the masks, then clip to [0, 1], mask and map to [-1, 1] (the reference's order).
 """
@@ -227,5 +228,6 @@ def index_settings(root: str | Path) -> dict:
         raise ValueError(f"{str(path)!r} has index version {index.get('version')!r}, expected {INDEX_VERSION}: "
                          "preprocess the split again")
     spacing = index.get("spacing")
-    return {"size": [int(v) for v in index["size"]], "spacing": None if spacing is None else [float(v) for v in spacing],
+    return {"size": [int(v) for v in index["size"]],
+            "spacing": None if spacing is None else [float(v) for v in spacing],
             "n_timepoints": int(index["n_timepoints"]), "slice_rule": str(index.get("slice_rule", "reference"))}

@@ -80,7 +80,8 @@ def _modality_fractions(channels):
 
 def make_registration_pair(seed: int = 0, ct_shape: Sequence[int] = (128, 160, 64),
                            ct_voxel_mm: Sequence[float] = (0.5, 0.5, 1.0), mri_shape: Sequence[int] = (72, 88, 14),
-                           mri_voxel_mm: Sequence[float] = (1.0, 1.0, 5.0), rotation_deg: Sequence[float] = (3.0, -4.0, 6.0),
+                           mri_voxel_mm: Sequence[float] = (1.0, 1.0, 5.0),
+                           rotation_deg: Sequence[float] = (3.0, -4.0, 6.0),
                            shift_mm: Sequence[float] = (4.0, -3.0, 3.0), scale: float = 0.4, n_frames: int = 6,
                            lesion_ml: float = 60.0) -> RegistrationPair:
     """A pair as the module doc describes (``lesion_ml`` in template space: scaled by scale^3).
