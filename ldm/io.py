@@ -67,3 +67,42 @@ def atomic_save_nifti(image: Any, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
+
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def staged_folder(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden folder beside ``final``; on success it replaces ``final`` (a folder) whole.
+
+    Same file system, so the rename is atomic: a reader sees the old folder or the complete new
+    one, never a half-written one; on an exception the staging folder is removed and ``final`` is
+    left as it was. ``os.mkdir`` honours the umask, unlike ``tempfile.mkdtemp``'s private 0700.
+    """
+    import shutil
+    import uuid
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f"{TMP_PREFIX}old-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_staging(folder: str | os.PathLike) -> None:
+    """Remove staging folders that a killed run left in ``folder``."""
+    import shutil
+
+    for stale in Path(folder).glob(f"{TMP_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)

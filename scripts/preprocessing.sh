@@ -2,11 +2,15 @@
 # Step 0 of the pipeline, as in the reference release: NIfTI cohort -> NPY slices + index.json.
 #
 #   bash scripts/preprocessing.sh
-#   RAW=data/raw NPY=data/npy SIZE="192 224" WORKERS=4 bash scripts/preprocessing.sh
+#   RAW=data/raw NPY=data/npy SIZE="192 224" SPACING="1 1 5" TIMEPOINTS=15 WORKERS=4 bash scripts/preprocessing.sh
 #
 # RAW holds <split>/<patient_id>/{ctp,dwi,adc,mask,lesion}.nii.gz (DESIGN.md). The training split
 # is done first: it stores the cohort reference constants (reference.json) that val/test/clinical
 # reuse through --reference (CTP-only patients get their MRI intensity scale from them).
+# SPACING is the model grid's voxel size in mm (default the paper's 1 1 5; "native" keeps each
+# patient's grid), except for a synthetic cohort (RAW/cohort.json, ldm/data/synthetic.py): its
+# stated voxel size is the default there, so that the demo's 3.5 x 3.5 x 5 mm cohort is not
+# resampled. TIMEPOINTS is the CTP frame count (default 15; more frames are resampled in time).
 # EXTRA="--skip-bad" keeps going with exit code 0 when some patients are rejected.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,14 +21,20 @@ NPY=${NPY:-data/npy}
 SIZE=${SIZE:-"192 224"}
 WORKERS=${WORKERS:-1}
 EXTRA=${EXTRA:-}
+TIMEPOINTS=${TIMEPOINTS:-15}
+if [ -z "${SPACING:-}" ] && [ -f "$RAW/cohort.json" ]; then
+    SPACING=$("$PYTHON" -c 'import json, sys; print(*json.load(open(sys.argv[1]))["voxel_mm"])' "$RAW/cohort.json")
+fi
+SPACING=${SPACING:-"1 1 5"}
 
 # shellcheck disable=SC2086  # SIZE and EXTRA are word lists on purpose
 "$PYTHON" ldm/data/preprocessing.py --input_dir "$RAW/train" --output_dir "$NPY/train" \
-    --size $SIZE --workers "$WORKERS" $EXTRA
+    --size $SIZE --spacing $SPACING --timepoints "$TIMEPOINTS" --workers "$WORKERS" $EXTRA
 for split in val test clinical; do
     if [ -d "$RAW/$split" ]; then
         # shellcheck disable=SC2086
         "$PYTHON" ldm/data/preprocessing.py --input_dir "$RAW/$split" --output_dir "$NPY/$split" \
-            --size $SIZE --workers "$WORKERS" --reference "$NPY/train" $EXTRA
+            --size $SIZE --spacing $SPACING --timepoints "$TIMEPOINTS" --workers "$WORKERS" \
+            --reference "$NPY/train" $EXTRA
     fi
 done

@@ -5,7 +5,10 @@
 
 ``-r`` is a run directory (configs from ``<run>/configs/*.yaml``, weights from
 ``<run>/checkpoints/last.ckpt``) or a checkpoint file. ``--data`` is a preprocessed split or a raw
-NIfTI cohort (preprocessed on the fly at the model's input size). For every patient it writes
+NIfTI cohort (preprocessed on the fly at the spacing, input size and CTP frame count the run was
+trained at, from ``<run>/data_contract.json``; CTP-only patients get their DWI/ADC scale from
+``<run>/reference.json``, so the run folder alone is enough). A preprocessed split made at another
+spacing, size or frame count than the run's is refused. For every patient it writes
 ``<outdir>/<patient_id>/dwi_sample_{k}.nii.gz`` and ``adc_sample_{k}.nii.gz`` in the source
 geometry (same shape and affine as the source volumes, physical units, zero outside the brain
 mask), atomically, skipping samples that already exist (a second run resumes). EMA weights are used
@@ -51,8 +54,8 @@ def get_parser() -> argparse.ArgumentParser:
                         "validation data_root)")
     p.add_argument("--reference", default=None,
                    help="preprocessed training split whose cohort reference values give the DWI/ADC "
-                        "intensity scale of CTP-only patients (default: the run's train data_root if it "
-                        "exists, else the data's own reference.json)")
+                        "intensity scale of CTP-only patients (default: the run's own reference.json, else "
+                        "its train data_root if it exists, else the data's own reference.json)")
     p.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
                    help="in-plane size for preprocessing a raw cohort (default: the model's input size, "
                         "model.params.image_size x the first stage's factor; needed only if that is unknown)")
@@ -117,9 +120,10 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
     import torch
 
     from ldm.config import parse_overrides
-    from ldm.data.record import load_index
-    from ldm.inference.data_source import (configured_data_root, load_cohort_reference, model_input_size,
-                                           model_timepoints, preprocessed_data, reference_source)
+    from ldm.data.contract import DataContract, check_split, load_run_contract
+    from ldm.data.record import INDEX_FILE, REFERENCE_FILE, load_index
+    from ldm.inference.data_source import (configured_data_root, is_raw_cohort, load_cohort_reference,
+                                           model_input_size, model_timepoints, preprocessed_data, reference_source)
     from ldm.inference.run_loading import choose_device, load_model, load_run_config, resolve_run
     from ldm.inference.slice_sampler import make_slice_sampler
     from ldm.inference.volume_sampler import sample_cohort
@@ -142,6 +146,18 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
     if not data:
         raise ConfigError("no --data given and the run's config names no test or validation data_root")
     reference_path = reference_source(opt.reference, config)
+    if opt.reference is None and run_files.logdir is not None and (run_files.logdir / REFERENCE_FILE).is_file():
+        reference_path = run_files.logdir  # the training split's reference, carried by the run
+    try:
+        contract = load_run_contract(run_files.logdir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    train = configured_data_root(config, ("train",))
+    if contract is None and train and (Path(train) / INDEX_FILE).is_file():  # a run from before contracts
+        try:
+            contract = DataContract.from_split(train)
+        except (FileNotFoundError, ValueError):
+            contract = None
     if opt.outdir:
         outdir = Path(opt.outdir)
     elif run_files.logdir is not None:
@@ -163,11 +179,18 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
     ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
     print(f"model {config.model.target} from {run_files.checkpoint} ({ema} weights) on {device}")
     model_size = model_input_size(config)
-    size = tuple(opt.size) if opt.size else model_size
-    with preprocessed_data(data, size, reference_path, opt.workers, model_timepoints(config),
-                           opt.patients) as data_root:
+    size = tuple(opt.size) if opt.size else model_size or (contract.size if contract else None)
+    if contract is not None:
+        print(f"the run expects {contract.describe()} ({contract.source})")
+    raw = Path(data).is_dir() and is_raw_cohort(data)
+    with preprocessed_data(data, size, reference_path, opt.workers,
+                           contract.n_timepoints if contract else model_timepoints(config), opt.patients,
+                           spacing=contract.spacing if contract else None,
+                           slice_rule=contract.slice_rule if contract else "reference") as data_root:
         try:
             records = load_index(data_root)
+            if contract is not None and not raw:
+                check_split(contract, data_root)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(str(e)) from e
         check_input_size(records, model_size, data_root)

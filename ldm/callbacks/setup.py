@@ -1,11 +1,14 @@
-"""Creates the run directory and saves the merged configs when training starts (rank zero)."""
+"""Creates the run directory and saves the merged configs when training starts (rank zero), with
+the training data's contract and cohort reference (ldm/data/contract.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_warn
 
+from ldm.data.contract import write_run_contract
 from ldm.io import atomic_write_text
 
 
@@ -35,3 +38,8 @@ class SetupCallback(pl.Callback):
         atomic_write_text(self.cfgdir / f"{self.now}-project.yaml", OmegaConf.to_yaml(project))
         lightning = OmegaConf.create({"lightning": self.lightning_config})
         atomic_write_text(self.cfgdir / f"{self.now}-lightning.yaml", OmegaConf.to_yaml(lightning))
+        # what inference needs without the training data: spacing, size, frames, cohort reference
+        try:
+            write_run_contract(self.logdir, self.config)
+        except (OSError, ValueError) as e:  # e.g. an old index: the data module reports it itself
+            rank_zero_warn(f"no data_contract.json in {self.logdir}: {e}")

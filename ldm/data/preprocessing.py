@@ -2,10 +2,12 @@
 
     python ldm/data/preprocessing.py --input_dir data/raw/train --output_dir data/npy/train
     python ldm/data/preprocessing.py --input_dir data/raw/val --output_dir data/npy/val \\
-        --reference data/npy/train
+        --reference data/npy/train [--spacing 1 1 5] [--timepoints 15]
 
-Per patient (``<input_dir>/<patient_id>/``, see validation.py): validate; take the brain mask (or
-derive it from the CTP, brain_mask.py); keep the axial slices of ``--slices`` (slice_selection.py:
+Per patient (``<input_dir>/<patient_id>/``, see validation.py): validate; resample every map to
+``--spacing`` (default the paper's 1 x 1 x 5 mm; ``native`` keeps each patient's grid) and the CTP
+to ``--timepoints`` frames (harmonisation.py; data already at both is left untouched); take the
+brain mask (or derive it from the CTP, brain_mask.py); keep the axial slices of ``--slices`` (slice_selection.py:
 by default the reference's rule, DWI, ADC and CTP each with signal in the brain; ``brain`` keeps
 every slice with brain); crop or pad in-plane to ``--size`` around the brain (cropping.py); scale
 CTP, DWI and ADC with the constants of docs/data.md (normalization.py), unclipped so that training
@@ -29,10 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -45,17 +45,18 @@ if __package__ in (None, ""):  # run as a file path (as in the reference README)
 
 from ldm.data.brain_mask import derive_brain_mask
 from ldm.data.cropping import InPlaneWindow, brain_window
+from ldm.data.harmonisation import Harmonisation, harmonise
 from ldm.data.normalization import CTP_RANGE_HU, percentile_range, scale_to_unit
 from ldm.data.slice_selection import SLICE_RULES, select_slices
 from ldm.data.record import (INDEX_FILE, INDEX_VERSION, RECORD_FILE, REFERENCE_FILE, CohortReference,
                              PatientRecord, load_reference)
+from ldm.data.resampling import PAPER_SPACING, SPACING_TOLERANCE, at_spacing, check_spacing, format_spacing
 from ldm.data.validation import PatientError, PatientVolumes, load_patient
-from ldm.io import atomic_write_json
+from ldm.io import atomic_write_json, remove_stale_staging, staged_folder
 
 STORAGE_DTYPE = np.float16
 STORAGE_BOUND = 1024.0
 PAPER_SIZE = (192, 224)
-_TMP_PREFIX = ".tmp-"
 
 
 class CohortError(RuntimeError):
@@ -88,8 +89,11 @@ class PreprocessSummary:
         lesion = sum(sum(1 for v in r.lesion_voxels if v > 0) for r in records)
         ctp_only = sum(not r.has_mri for r in records)
         derived = sum(r.mask_source != "given" for r in records)
+        resampled = sum(r.resampled or r.ctp_resampled for r in records)
+        retimed = sum(r.sample_times is not None for r in records)
         lines = [f"preprocessed {len(self.records)}/{self.n_patients} patients into {self.output_dir} "
-                 f"({ctp_only} CTP-only, {derived} with a mask derived from CTP): {slices} slices, "
+                 f"({ctp_only} CTP-only, {derived} with a mask derived from CTP, {resampled} resampled in space, "
+                 f"{retimed} in time): {slices} slices, "
                  f"{lesion} with lesion ({100.0 * lesion / max(slices, 1):.1f}%)"]
         if self.reference is not None:
             lines.append(f"reference constants from {self.reference.source or 'this split'} "
@@ -132,13 +136,15 @@ def _intensity_range(volumes: PatientVolumes, name: str, mask: np.ndarray) -> tu
     return lo, hi
 
 
-def _build(volumes: PatientVolumes, size: tuple[int, int], slice_rule: str = "reference"
-           ) -> tuple[PatientRecord, dict[str, np.ndarray], list[str]]:
+def _build(volumes: PatientVolumes, size: tuple[int, int], slice_rule: str = "reference",
+           harmonisation: Harmonisation | None = None) -> tuple[PatientRecord, dict[str, np.ndarray], list[str]]:
+    """Slices and record of a patient on its model grid; ``harmonisation`` (harmonise()) says
+    which source grid and time axis that grid came from (None: the volumes are the source)."""
     pid = volumes.patient_id
     notes: list[str] = []
     mask, mask_source = volumes.mask, "given"
     if mask is None:
-        mask, mask_source = derive_brain_mask(volumes.ctp), "derived from ctp"
+        mask, mask_source = derive_brain_mask(volumes.ctp, zooms=volumes.zooms), "derived from ctp"
         if not mask.any():
             raise PatientError(f"patient {pid}: ctp.nii.gz: no brain found (derived brain mask is empty); "
                                f"provide mask.nii.gz")
@@ -150,7 +156,7 @@ def _build(volumes: PatientVolumes, size: tuple[int, int], slice_rule: str = "re
     window, cuts = brain_window(mask, size)
     if cuts:
         notes.append(f"patient {pid}: the {size[0]}x{size[1]} window crops brain voxels "
-                     f"(source {volumes.ctp.shape[0]}x{volumes.ctp.shape[1]}, kept {window.crop})")
+                     f"(grid {volumes.ctp.shape[0]}x{volumes.ctp.shape[1]}, kept {window.crop})")
 
     arrays = {"ctp": _scaled_stack(volumes.ctp, kept, window, size, *CTP_RANGE_HU, zero_negatives=False),  # (S, T, H, W)
               "mask": _mask_stack(mask, kept, window, size)}
@@ -171,51 +177,55 @@ def _build(volumes: PatientVolumes, size: tuple[int, int], slice_rule: str = "re
         zooms=volumes.zooms, size=tuple(size), slice_indices=[int(z) for z in kept], crop=window.crop, pad=window.pad,
         n_timepoints=int(volumes.ctp.shape[3]), has_mri=volumes.has_mri, has_lesion=any(v > 0 for v in lesion_voxels),
         dwi_range=dwi_range, adc_range=adc_range, ctp_range=CTP_RANGE_HU, lesion_voxels=lesion_voxels,
-        mask_source=mask_source, slice_rule=slice_rule, qform=volumes.qform, qform_code=volumes.qform_code, sform_code=volumes.sform_code,
-        source_dir=str(volumes.folder.resolve()))
+        mask_source=mask_source, slice_rule=slice_rule, qform=volumes.qform, qform_code=volumes.qform_code,
+        sform_code=volumes.sform_code, source_dir=str(volumes.folder.resolve()),
+        spacing=tuple(round(float(z), 6) for z in volumes.zooms))
+    if harmonisation is not None:
+        _record_harmonisation(record, harmonisation)
     return record, arrays, notes
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Move a finished patient folder into place, replacing an older one."""
-    if final.exists():
-        old = final.with_name(f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+def _record_harmonisation(record: PatientRecord, h: Harmonisation) -> None:
+    """Source grid (where outputs go), model grid and time axis into ``record``."""
+    record.source_shape = tuple(int(n) for n in h.source.shape)
+    record.affine = np.asarray(h.source.affine, dtype=np.float64)
+    record.zooms = h.source_zooms
+    record.spacing = tuple(round(float(z), 6) for z in h.grid.zooms)
+    if h.resampled:
+        record.grid_shape = tuple(int(n) for n in h.grid.shape)
+        record.grid_affine = np.asarray(h.grid.affine, dtype=np.float64)
+    record.ctp_resampled = h.ctp_resampled
+    record.source_timepoints = h.source_timepoints
+    record.frame_times = None if h.frame_times.seconds is None else [float(t) for t in h.frame_times.seconds]
+    if h.sample_times is not None:
+        record.timepoint_source = h.frame_times.source
+        record.sample_times = [float(t) for t in h.sample_times]
 
 
 def preprocess_patient(folder: str | Path, output_dir: str | Path, size: tuple[int, int] = PAPER_SIZE,
-                       n_timepoints: int = 15, slice_rule: str = "reference") -> tuple[PatientRecord, list[str]]:
+                       n_timepoints: int = 15, slice_rule: str = "reference",
+                       spacing: Sequence[float] | None = None) -> tuple[PatientRecord, list[str]]:
     """Preprocess one patient into ``<output_dir>/<patient_id>/``; return its record and warnings.
 
-    Raises :class:`PatientError` for an invalid patient, leaving nothing in ``output_dir``.
+    ``spacing`` (mm) is the model grid's voxel size; None keeps the patient's own grid. Raises
+    :class:`PatientError` for an invalid patient, leaving nothing in ``output_dir``.
     """
     folder, output_dir = Path(folder), Path(output_dir)
-    volumes = load_patient(folder, n_timepoints)
-    record, arrays, notes = _build(volumes, tuple(int(s) for s in size), slice_rule)
+    volumes, harmonisation = harmonise(load_patient(folder, n_timepoints), spacing, n_timepoints)
+    record, arrays, notes = _build(volumes, tuple(int(s) for s in size), slice_rule, harmonisation)
     output_dir.mkdir(parents=True, exist_ok=True)
-    # A hidden folder beside the final one (same file system: the rename is atomic); os.mkdir
-    # honours the umask, unlike tempfile.mkdtemp's private 0700.
-    tmp = output_dir / f"{_TMP_PREFIX}{record.patient_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staged_folder(output_dir / record.patient_id) as tmp:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
         (tmp / RECORD_FILE).write_text(json.dumps(record.to_json(), indent=1))
-        _publish(tmp, output_dir / record.patient_id)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return record, notes
 
 
-def _worker(job: tuple[str, str, tuple[int, int], int, str]) -> tuple[str, dict | None, str | None, list[str]]:
-    folder, output_dir, size, n_timepoints, slice_rule = job
+def _worker(job: tuple) -> tuple[str, dict | None, str | None, list[str]]:
+    folder, output_dir, size, n_timepoints, slice_rule, spacing = job
     pid = Path(folder).name
     try:
-        record, notes = preprocess_patient(folder, output_dir, size, n_timepoints, slice_rule)
+        record, notes = preprocess_patient(folder, output_dir, size, n_timepoints, slice_rule, spacing)
         return pid, record.to_json(), None, notes
     except PatientError as e:
         return pid, None, str(e), []
@@ -236,9 +246,12 @@ def patient_folders(input_dir: str | Path) -> list[Path]:
 
 def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple[int, int] = PAPER_SIZE,
                       workers: int = 1, skip_bad: bool = False, reference_dir: str | Path | None = None,
-                      n_timepoints: int = 15, progress: bool = True, slice_rule: str = "reference"
-                      ) -> PreprocessSummary:
+                      n_timepoints: int = 15, progress: bool = True, slice_rule: str = "reference",
+                      spacing: Sequence[float] | None = None) -> PreprocessSummary:
     """Preprocess every patient folder of ``input_dir`` into ``output_dir`` (see the module doc).
+
+    ``spacing`` (mm): the model grid's voxel size (the command line's default is the paper's
+    1 x 1 x 5 mm); None keeps every patient's own grid.
 
     Writes ``index.json`` (this run's good patients) and ``reference.json``. When a patient fails
     the others are still written; then, unless ``skip_bad``, :class:`CohortError` is raised at
@@ -251,15 +264,15 @@ def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple
         raise ValueError(f"size must be positive, got {size}")
     if slice_rule not in SLICE_RULES:
         raise ValueError(f"slice rule must be one of {SLICE_RULES}, got {slice_rule!r}")
+    spacing = None if spacing is None else check_spacing(spacing)
     folders = patient_folders(input_dir)
     reference = load_reference(reference_dir) if reference_dir is not None else None
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.glob(f"{_TMP_PREFIX}*"):  # left by a run that was killed
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_staging(output_dir)  # left by a run that was killed
 
     summary = PreprocessSummary(output_dir)
-    jobs = [(str(f), str(output_dir), size, n_timepoints, slice_rule) for f in folders]
+    jobs = [(str(f), str(output_dir), size, n_timepoints, slice_rule, spacing) for f in folders]
     bar = tqdm(total=len(jobs), desc=f"preprocessing {Path(input_dir).name}", unit="patient", disable=not progress)
 
     def collect(result: tuple[str, dict | None, str | None, list[str]]) -> None:
@@ -295,7 +308,9 @@ def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple
             summary.warnings.append("no patient with MRI and no --reference: no reference.json, so synthesised "
                                     "MRI of these CTP-only patients cannot be put into physical units")
     atomic_write_json(output_dir / INDEX_FILE, {
-        "version": INDEX_VERSION, "size": list(size), "n_timepoints": n_timepoints, "slice_rule": slice_rule,
+        "version": INDEX_VERSION, "size": list(size), "spacing": split_spacing(spacing, summary.records.values()),
+        "requested_spacing": None if spacing is None else list(spacing),
+        "n_timepoints": n_timepoints, "slice_rule": slice_rule,
         "dtype": np.dtype(STORAGE_DTYPE).name, "input_dir": str(Path(input_dir).resolve()),
         "reference": None if reference is None else reference.to_json(),
         "patients": {pid: r.to_json() for pid, r in summary.records.items()},
@@ -303,6 +318,27 @@ def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple
     if summary.failures and not skip_bad:
         raise CohortError(summary)
     return summary
+
+
+def split_spacing(spacing: Sequence[float] | None, records) -> list[float] | None:
+    """The split's voxel size: the requested one, else the patients' own when they all agree
+    (within the resampling tolerance), else None (mixed grids)."""
+    if spacing is not None:
+        return [float(s) for s in spacing]
+    zooms = [tuple(r.spacing) for r in records if r.spacing is not None]
+    if zooms and all(at_spacing(z, zooms[0], SPACING_TOLERANCE) for z in zooms):
+        return [round(float(z), 4) for z in zooms[0]]
+    return None
+
+
+def parse_spacing(values: Sequence[str]) -> tuple[float, float, float] | None:
+    """``--spacing X Y Z`` (mm) or ``--spacing native``."""
+    if len(values) == 1 and values[0].lower() == "native":
+        return None
+    try:
+        return check_spacing([float(v) for v in values])
+    except ValueError:
+        raise ValueError(f"--spacing takes three voxel sizes in mm (e.g. 1 1 5) or 'native', got {' '.join(values)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -316,7 +352,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="exit 0 even if some patients were rejected")
     parser.add_argument("--reference", default=None,
                         help="the training split's output folder (or its reference.json), for val/test/new data")
-    parser.add_argument("--timepoints", type=int, default=15, help="CTP time points expected (default 15)")
+    parser.add_argument("--timepoints", type=int, default=15,
+                        help="CTP frames the model takes (default 15): a CTP with more is resampled in time "
+                             "(acquisition times from a sidecar JSON or the header, else uniform over the frames)")
+    parser.add_argument("--spacing", nargs="+", default=[str(v) for v in PAPER_SPACING], metavar="MM",
+                        help="voxel size X Y Z of the model grid in mm (default the paper's 1 1 5); 'native' "
+                             "keeps each patient's grid")
     parser.add_argument("--slices", choices=SLICE_RULES, default="reference",
                         help="reference (default): keep a slice only if DWI, ADC and CTP each have signal in the "
                              "brain mask, as the reference preprocessing; brain: every slice with brain")
@@ -324,8 +365,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.size) < 1 or args.workers < 1 or args.timepoints < 1:
         parser.error("--size, --workers and --timepoints must be positive")
     try:
+        spacing = parse_spacing(args.spacing)
+    except ValueError as e:
+        parser.error(str(e))
+    print(f"model grid: {format_spacing(spacing)}, {args.timepoints} CTP frames, {args.size[0]} x {args.size[1]}")
+    try:
         summary = preprocess_cohort(args.input_dir, args.output_dir, tuple(args.size), args.workers, args.skip_bad,
-                                    args.reference, args.timepoints, slice_rule=args.slices)
+                                    args.reference, args.timepoints, slice_rule=args.slices, spacing=spacing)
     except CohortError as e:
         print(e.summary, file=sys.stderr)
         return 1

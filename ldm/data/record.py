@@ -2,8 +2,8 @@
 
 Layout of a preprocessed split (``ldm/data/preprocessing.py --output_dir OUT``)::
 
-    OUT/index.json                 {"version", "size", "n_timepoints", "slice_rule", "reference",
-                                    "patients": {id: record}}
+    OUT/index.json                 {"version", "size", "spacing", "n_timepoints", "slice_rule",
+                                    "reference", "patients": {id: record}}
     OUT/reference.json             cohort reference constants (see CohortReference)
     OUT/<patient_id>/ctp.npy       (S, T, H, W) float16, CTP in HU / 200 (unclipped)
     OUT/<patient_id>/mri.npy       (S, 2, H, W) float16, [DWI, ADC] (negatives 0) scaled by their
@@ -12,8 +12,11 @@ Layout of a preprocessed split (``ldm/data/preprocessing.py --output_dir OUT``):
     OUT/<patient_id>/lesion.npy    (S, H, W) uint8 lesion mask
     OUT/<patient_id>/record.json   the patient's record (the index is rebuilt from these if lost)
 
-``S`` runs over the kept axial slices ``slice_indices`` (source z); ``H`` is the source's first
-axis (X) and ``W`` its second (Y), cropped/padded to ``size``. CTP-only patients have no
+``S`` runs over the kept axial slices ``slice_indices`` (z of the model grid); ``H`` is the grid's
+first axis (X) and ``W`` its second (Y), cropped/padded to ``size``. The model grid is the source
+grid (the DWI's, or the CTP's for a CTP-only patient) resampled to the preprocessing spacing
+(ldm/data/resampling.py); when the source already is at that spacing the two are the same grid.
+CTP-only patients have no
 ``mri.npy``/``lesion.npy``. Images are stored unmasked and unclipped: datasets augment them
 jointly with the masks, then clip to [0, 1], mask and map to [-1, 1] (the reference's order).
 """
@@ -28,7 +31,9 @@ import numpy as np
 INDEX_FILE = "index.json"
 REFERENCE_FILE = "reference.json"
 RECORD_FILE = "record.json"
-INDEX_VERSION = 2  # 2: unclipped storage and the slice rule (version 1 stored clipped maps)
+# 3: spacing harmonisation and CTP frame resampling (the model grid and the time axis are recorded);
+# 2: unclipped storage and the slice rule (version 1 stored clipped maps)
+INDEX_VERSION = 3
 
 
 @dataclass
@@ -41,6 +46,13 @@ class PatientRecord:
     99.5th) percentiles inside the brain mask (None for a CTP-only patient); ``ctp_range`` is
     (0, 200) HU. ``lesion_voxels`` counts lesion voxels per kept slice. ``data_dir`` is filled in
     by :func:`load_index` (absolute folder of the patient's arrays), never stored.
+
+    Geometry: ``source_shape``/``affine``/``zooms``/``qform`` are the source grid, where outputs
+    are written; ``grid_shape``/``grid_affine`` the model grid the slices, ``crop`` and
+    ``slice_indices`` refer to (None: the source grid itself, nothing was resampled). Time:
+    ``n_timepoints`` frames are stored, resampled from ``source_timepoints`` acquired ones at
+    ``sample_times`` (None when left as acquired); ``frame_times`` are the acquisition times and
+    ``timepoint_source`` says where they came from (ldm/data/timepoints.py).
     """
 
     patient_id: str
@@ -64,7 +76,28 @@ class PatientRecord:
     qform_code: int = 1
     sform_code: int = 1
     source_dir: str = ""
+    grid_shape: tuple[int, int, int] | None = None
+    grid_affine: np.ndarray | None = None
+    spacing: tuple[float, float, float] | None = None  # the model grid's voxel size (mm)
+    ctp_resampled: bool = False  # the CTP came on another grid than the patient's
+    source_timepoints: int | None = None
+    timepoint_source: str = "as acquired"
+    frame_times: list[float] | None = None
+    sample_times: list[float] | None = None
     data_dir: str | None = None
+
+    @property
+    def resampled(self) -> bool:
+        """Whether the model grid differs from the source grid (outputs are resampled back)."""
+        return self.grid_shape is not None
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        return tuple(self.grid_shape) if self.grid_shape is not None else tuple(self.source_shape)
+
+    @property
+    def model_affine(self) -> np.ndarray:
+        return self.grid_affine if self.grid_affine is not None else self.affine
 
     @property
     def n_slices(self) -> int:
@@ -85,6 +118,7 @@ class PatientRecord:
         out.pop("data_dir")
         out["affine"] = np.asarray(self.affine, dtype=float).tolist()
         out["qform"] = None if self.qform is None else np.asarray(self.qform, dtype=float).tolist()
+        out["grid_affine"] = None if self.grid_affine is None else np.asarray(self.grid_affine, dtype=float).tolist()
         return out
 
     @classmethod
@@ -102,7 +136,12 @@ class PatientRecord:
                       "pad": tuple((int(a), int(b)) for a, b in data["pad"]),
                       "dwi_range": pair(data.get("dwi_range")), "adc_range": pair(data.get("adc_range")),
                       "ctp_range": pair(data.get("ctp_range", (0.0, 200.0))),
-                      "qform": None if data.get("qform") is None else np.asarray(data["qform"], dtype=np.float64)},
+                      "qform": None if data.get("qform") is None else np.asarray(data["qform"], dtype=np.float64),
+                      "grid_shape": None if data.get("grid_shape") is None
+                      else tuple(int(v) for v in data["grid_shape"]),
+                      "grid_affine": None if data.get("grid_affine") is None
+                      else np.asarray(data["grid_affine"], dtype=np.float64),
+                      "spacing": None if data.get("spacing") is None else tuple(float(v) for v in data["spacing"])},
                    data_dir=None if data_dir is None else str(data_dir))
 
 
@@ -176,3 +215,19 @@ def load_reference(path: str | Path) -> CohortReference:
         raise FileNotFoundError(f"no cohort reference at {str(path)!r}: preprocess the training split first "
                                 "(it writes reference.json) and pass its output folder")
     return CohortReference.from_json(_read_json(path, "cohort reference"))
+
+
+def index_settings(root: str | Path) -> dict:
+    """The split-level settings of a preprocessed split's ``index.json``: size, spacing (None for
+    mixed native grids), n_timepoints, slice_rule."""
+    path = Path(root) / INDEX_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {INDEX_FILE} in {str(root)!r}")
+    index = _read_json(path, "index")
+    if index.get("version") != INDEX_VERSION:
+        raise ValueError(f"{str(path)!r} has index version {index.get('version')!r}, expected {INDEX_VERSION}: "
+                         "preprocess the split again")
+    spacing = index.get("spacing")
+    return {"size": [int(v) for v in index["size"]],
+            "spacing": None if spacing is None else [float(v) for v in spacing],
+            "n_timepoints": int(index["n_timepoints"]), "slice_rule": str(index.get("slice_rule", "reference"))}

@@ -4,6 +4,11 @@ A patient folder holds ``ctp`` (4-D, required), optionally ``mask``, and either 
 ``adc``, ``lesion`` (a training/evaluation patient) or none of them (a CTP-only patient: the
 clinical case, no MRI yet); each as ``.nii.gz`` or ``.nii``. Every problem is a
 :class:`PatientError` whose one-line message names the patient and the file.
+
+DWI, ADC, lesion and brain mask come from one MRI study and must share the DWI's grid (shape and
+affine); a CTP-only patient's mask must share the CTP's. The CTP may come on its own grid (it is
+resampled onto the DWI's by preprocessing) and with more frames than the model takes (resampled in
+time, ldm/data/timepoints.py), never with fewer.
 """
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ldm.data.resampling import AFFINE_TOLERANCE_MM
+from ldm.data.timepoints import FrameTimes, read_frame_times
+
 MRI_MAPS = ("dwi", "adc", "lesion")
-AFFINE_TOLERANCE_MM = 1e-3  # NIfTI stores affines in float32: allow its rounding, nothing more
 
 
 class PatientError(ValueError):
@@ -23,7 +30,11 @@ class PatientError(ValueError):
 
 @dataclass
 class PatientVolumes:
-    """A validated patient. Arrays are (X, Y, Z) and (X, Y, Z, T) for the CTP; masks boolean."""
+    """A validated patient. Arrays are (X, Y, Z) and (X, Y, Z, T) for the CTP; masks boolean.
+
+    ``affine``/``zooms``/``qform`` are the patient's geometry (the DWI's, or the CTP's for a
+    CTP-only patient); ``ctp_affine`` is the CTP's own grid, which may differ.
+    """
 
     patient_id: str
     folder: Path
@@ -38,6 +49,17 @@ class PatientVolumes:
     qform_code: int
     sform_code: int
     geometry_file: str  # the file whose header ``affine``/``qform`` come from
+    ctp_affine: np.ndarray | None = None  # None: the CTP is on the geometry's grid
+    ctp_file: str = "ctp.nii.gz"
+    frame_times: FrameTimes = FrameTimes(None, "frame index")
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """Shape of the patient's grid (the MRI maps' and mask's)."""
+        for volume in (self.dwi, self.mask):
+            if volume is not None:
+                return tuple(int(n) for n in volume.shape[:3])  # type: ignore[return-value]
+        return tuple(int(n) for n in self.ctp.shape[:3])  # type: ignore[return-value]
 
     @property
     def has_mri(self) -> bool:
@@ -89,12 +111,16 @@ def load_patient(folder: str | Path, n_timepoints: int = 15) -> PatientVolumes:
     if ctp.ndim != 4:
         raise PatientError(f"patient {pid}: {ctp_path.name} is {ctp.ndim}-D ({_shape(ctp.shape)}), "
                            f"expected 4-D X x Y x Z x {n_timepoints}")
-    if ctp.shape[3] != n_timepoints:
-        raise PatientError(f"patient {pid}: {ctp_path.name} has {ctp.shape[3]} time points, expected {n_timepoints}")
-    spatial = ctp.shape[:3]
+    if ctp.shape[3] < n_timepoints:
+        raise PatientError(f"patient {pid}: {ctp_path.name} has {ctp.shape[3]} time points, expected {n_timepoints} "
+                           f"or more (fewer cannot cover the bolus passage the model was trained on)")
+    try:
+        frame_times = read_frame_times(ctp_path, ctp_image.header, int(ctp.shape[3]))
+    except ValueError as e:
+        raise PatientError(f"patient {pid}: {ctp_path.name}: {e}") from e
 
     maps: dict[str, np.ndarray] = {}
-    images: dict[str, tuple[Path, nib.Nifti1Image]] = {"ctp": (ctp_path, ctp_image)}
+    images: dict[str, tuple[Path, nib.Nifti1Image]] = {}
     for name in ("dwi", "adc", "mask", "lesion"):
         path = find_map(folder, name) if name == "mask" else present[name]
         if path is None:
@@ -104,20 +130,24 @@ def load_patient(folder: str | Path, n_timepoints: int = 15) -> PatientVolumes:
             data = data[..., 0]
         if data.ndim != 3:
             raise PatientError(f"patient {pid}: {path.name} is {data.ndim}-D ({_shape(data.shape)}), expected 3-D")
-        if data.shape != spatial:
-            raise PatientError(f"patient {pid}: {path.name} has shape {_shape(data.shape)}, "
-                               f"{ctp_path.name} has {_shape(spatial)}")
         maps[name] = data
         images[name] = (path, image)
 
-    # The cohort lives in DWI space: DWI's header is the geometry when there is one.
-    geometry_name = "dwi" if "dwi" in images else "ctp"
-    geometry_path, geometry = images[geometry_name]
+    # The cohort lives in DWI space: DWI's header is the geometry when there is one. The MRI maps
+    # and the mask share that grid; the CTP may come on its own and is resampled onto it.
+    geometry_path, geometry = images["dwi"] if "dwi" in images else (ctp_path, ctp_image)
+    spatial = maps["dwi"].shape if "dwi" in maps else ctp.shape[:3]
     for name, (path, image) in images.items():
+        if maps[name].shape != spatial:
+            raise PatientError(f"patient {pid}: {path.name} has shape {_shape(maps[name].shape)}, "
+                               f"{geometry_path.name} has {_shape(spatial)}")
         difference = float(np.max(np.abs(image.affine - geometry.affine)))
         if difference > AFFINE_TOLERANCE_MM:
             raise PatientError(f"patient {pid}: {path.name} affine differs from {geometry_path.name}'s "
                                f"by up to {difference:.3g} (voxel-to-world, mm)")
+    ctp_affine = np.asarray(ctp_image.affine, dtype=np.float64)
+    same_grid = (ctp.shape[:3] == spatial
+                 and float(np.max(np.abs(ctp_affine - geometry.affine))) <= AFFINE_TOLERANCE_MM)
 
     mask = None
     if "mask" in maps:
@@ -132,4 +162,5 @@ def load_patient(folder: str | Path, n_timepoints: int = 15) -> PatientVolumes:
         affine=np.asarray(geometry.affine, dtype=np.float64),
         zooms=tuple(float(z) for z in geometry.header.get_zooms()[:3]),
         qform=None if qform is None else np.asarray(qform, dtype=np.float64), qform_code=int(qform_code or 0),
-        sform_code=int(sform_code or 0), geometry_file=geometry_path.name)
+        sform_code=int(sform_code or 0), geometry_file=geometry_path.name,
+        ctp_affine=None if same_grid else ctp_affine, ctp_file=ctp_path.name, frame_times=frame_times)

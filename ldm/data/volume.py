@@ -1,8 +1,11 @@
 """From model slices back to source-space volumes and NIfTI (what the sampler writes).
 
 The exact inverse of preprocessing's geometry: the (H, W) window is cut back to the cropped
-source region (padding dropped, cropped-away parts and skipped slices become background) and each
-slice goes back to its source z index. Intensities: [-1, 1] -> [0, 1] -> ``u * (hi - lo) + lo``
+region of the model grid (padding dropped, cropped-away parts and skipped slices become
+background) and each slice goes back to its z index; when preprocessing resampled the patient to
+another spacing, that volume is resampled back onto the source grid (trilinear, normalised by the
+interpolated brain mask; the brain mask by fraction > 0.5), so outputs always have the source's
+exact shape and affine. Intensities: [-1, 1] -> [0, 1] -> ``u * (hi - lo) + lo``
 with the patient's own percentile constants, or for a CTP-only patient the cohort reference of
 the training split; outside the brain mask the volume is 0.
 """
@@ -22,7 +25,10 @@ DESCRIPTIONS = {"dwi": "DWI b=1000", "adc": "ADC 1e-6 mm2/s", "ctp": "CT perfusi
 
 
 def place_slices(slices: np.ndarray, record: PatientRecord, fill: float = 0.0) -> np.ndarray:
-    """Put (S, H, W) or (S, C, H, W) slices into the source grid: (X, Y, Z) or (X, Y, Z, C)."""
+    """Put (S, H, W) or (S, C, H, W) slices into the model grid: (X, Y, Z) or (X, Y, Z, C).
+
+    The model grid is the source grid unless preprocessing resampled (``record.resampled``); then
+    :func:`to_source_grid` takes the result the rest of the way."""
     slices = np.asarray(slices)
     expected = (record.n_slices, *record.size)
     if slices.ndim not in (3, 4) or (slices.shape[0], *slices.shape[-2:]) != expected:
@@ -33,11 +39,22 @@ def place_slices(slices: np.ndarray, record: PatientRecord, fill: float = 0.0) -
     (bx, _), (by, _) = record.pad
     channels = () if slices.ndim == 3 else (slices.shape[1],)
     dtype = np.float32 if slices.dtype.kind == "f" else slices.dtype
-    volume = np.full((*record.source_shape, *channels), fill, dtype=dtype)
+    volume = np.full((*record.model_shape, *channels), fill, dtype=dtype)
     region = slices[..., bx:bx + x1 - x0, by:by + y1 - y0]  # (S, [C,] h, w)
     region = np.moveaxis(region, (-2, -1), (0, 1))  # (h, w, S, [C])
     volume[x0:x1, y0:y1, record.slice_indices] = region
     return volume
+
+
+def to_source_grid(volume: np.ndarray, record: PatientRecord, mask: bool = False) -> np.ndarray:
+    """A model-grid volume ((X, Y, Z[, C])) on the patient's source grid: itself when nothing was
+    resampled, else trilinear (``mask=True``: fraction > 0.5) resampling back."""
+    if not record.resampled:
+        return volume
+    from ldm.data.resampling import Grid, resample
+
+    out = resample(volume, record.model_affine, Grid(tuple(record.source_shape), record.affine), mask=mask)
+    return out if mask else out.astype(np.float32, copy=False)
 
 
 def as_reference(reference: CohortReference | str | Path | Mapping[str, PatientRecord]) -> CohortReference:
@@ -87,7 +104,16 @@ def slices_to_volume(slices: np.ndarray, record: PatientRecord, modality: str,
     if mask.shape != slices.shape:
         raise ValueError(f"patient {record.patient_id}: mask shape {tuple(mask.shape)} != slices shape {slices.shape}")
     physical = np.where(mask > 0, unit_to_physical(from_model_range(slices), *intensity), 0.0).astype(np.float32)
-    return place_slices(physical, record, fill=0.0)
+    volume = place_slices(physical, record, fill=0.0)
+    if record.resampled:
+        # Back onto the source grid, zero outside the brain mask there (fraction > 0.5). Inside,
+        # normalised interpolation (the interpolated volume over the interpolated mask): a voxel
+        # at the brain's edge takes the brain's values, not a blend with the zero background.
+        weight = to_source_grid(place_slices((mask > 0).astype(np.float32), record, fill=0.0), record)
+        values = to_source_grid(volume, record)
+        brain = weight > 0.5
+        volume = np.where(brain, values / np.maximum(weight, 0.5), 0.0).astype(np.float32)
+    return volume
 
 
 def volume_to_nifti(volume: np.ndarray, record: PatientRecord, modality: str | None = None,

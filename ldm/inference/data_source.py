@@ -1,8 +1,9 @@
 """What ``--data`` points at: a preprocessed split, or a raw NIfTI cohort preprocessed on the fly.
 
-A raw cohort (DESIGN.md layout, ``<root>/<patient_id>/ctp.nii.gz`` ...) is preprocessed into a
-temporary folder with the in-plane size the model was trained at, and removed afterwards; the
-index it writes records each patient's source geometry, so the outputs land in source space.
+A raw cohort (``<root>/<patient_id>/ctp.nii.gz`` ...) is preprocessed into a temporary folder
+with the in-plane size, voxel spacing and CTP frame count the model was trained at (the run's
+data_contract.json, ldm/data/contract.py), and removed afterwards; the index it writes records each
+patient's source geometry, so the outputs land in source space.
 """
 from __future__ import annotations
 
@@ -87,9 +88,11 @@ def model_timepoints(config: DictConfig, default: int = 15) -> int:
 @contextlib.contextmanager
 def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference: str | Path | None = None,
                       workers: int = 1, n_timepoints: int = 15,
-                      patients: Sequence[str] | None = None) -> Iterator[Path]:
+                      patients: Sequence[str] | None = None, spacing: Sequence[float] | None = None,
+                      slice_rule: str = "reference") -> Iterator[Path]:
     """Yield a preprocessed split for ``data``: itself, or a temporary preprocessing of a raw cohort
-    (only of ``patients`` when given). Patients that preprocessing rejects are reported and left out."""
+    (only of ``patients`` when given) at ``spacing`` (None: the patients' own grids). Patients that
+    preprocessing rejects are reported and left out."""
     data = Path(data)
     if not data.is_dir():
         raise ConfigError(f"--data {str(data)!r} is not a folder")
@@ -111,12 +114,15 @@ def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference:
             source.mkdir()
             for pid in patients:
                 (source / pid).symlink_to((data / pid).resolve(), target_is_directory=True)
-        print(f"preprocessing the raw cohort {data} at {size[0]} x {size[1]} into a temporary folder")
+        from ldm.data.resampling import format_spacing
+
+        print(f"preprocessing the raw cohort {data} at {size[0]} x {size[1]}, {format_spacing(spacing)}, "
+              f"{n_timepoints} CTP frames into a temporary folder")
         try:
             summary = preprocess_cohort(str(source), Path(tmp) / "preprocessed", size=tuple(size), workers=workers,
                                         skip_bad=True,
                                         reference_dir=None if reference is None else str(reference),
-                                        n_timepoints=n_timepoints)
+                                        n_timepoints=n_timepoints, spacing=spacing, slice_rule=slice_rule)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"--data {str(data)!r}: {e}") from e
         print(summary)
