@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark the training steps of the three stages and DDIM sampling (issue 9).
+"""Benchmark the training steps of the three stages and DDIM sampling.
 
     python scripts/benchmark.py --config configs/benchmark/small.yaml
     python scripts/benchmark.py --config configs/benchmark/paper.yaml --device cuda --precision bf16-mixed \

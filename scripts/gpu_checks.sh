@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one run (issue 9): the CUDA-only tests, the paper-scale benchmark
+# The checks that need a GPU, in one run: the CUDA-only tests, the paper-scale benchmark
 # for each of its targets, and the whole pipeline at minimal size on the GPU. CI has no GPU, so
 # these are run by hand on one H100 / H200 / A100 class GPU (about 8 minutes with REPEATS=3).
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A synthetic stroke cohort in the raw layout (DESIGN.md), then its preprocessing.
+# A synthetic stroke cohort in the raw layout (docs/data.md), then its preprocessing.
 #
 #   bash scripts/make_synthetic_cohort.sh                       # demo: 64 x 64, 16/4/4 patients
 #   SIZE=paper N_TRAIN=571 N_VAL=81 N_TEST=165 WORKERS=8 bash scripts/make_synthetic_cohort.sh

@@ -4,7 +4,7 @@
 #   bash scripts/preprocessing.sh
 #   RAW=data/raw NPY=data/npy SIZE="192 224" SPACING="1 1 5" TIMEPOINTS=15 WORKERS=4 bash scripts/preprocessing.sh
 #
-# RAW holds <split>/<patient_id>/{ctp,dwi,adc,mask,lesion}.nii.gz (DESIGN.md). The training split
+# RAW holds <split>/<patient_id>/{ctp,dwi,adc,mask,lesion}.nii.gz (docs/data.md). The training split
 # is done first: it stores the cohort reference constants (reference.json) that val/test/clinical
 # reuse through --reference (CTP-only patients get their MRI intensity scale from them).
 # SPACING is the model grid's voxel size in mm (default the paper's 1 1 5; "native" keeps each

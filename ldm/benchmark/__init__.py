@@ -1,4 +1,4 @@
-"""Performance benchmark of the three training stages and of sampling (issue 9).
+"""Performance benchmark of the three training stages and of sampling.
 
 ``timing`` measures medians after warm-up and peak memory, ``flops`` counts FLOPs with
 ``torch.utils.flop_counter``, ``hardware`` knows the GPUs' peak throughput, ``steps`` builds the

@@ -38,7 +38,7 @@ def _disc(shape: Sequence[int], centre: tuple[float, float], radii: tuple[float,
 def synthetic_batch(batch_size: int, image_size: Sequence[int], device: torch.device | str = "cpu",
                     ctp_channels: int = 15, mri_channels: int = 2, lesion_fraction: float = 0.5,
                     seed: int = 0) -> dict[str, Any]:
-    """A batch in the layout of ``CTPMRISlices`` (DESIGN.md): values in [-1, 1], background -1.
+    """A batch in the layout of ``CTPMRISlices`` (docs/data.md): values in [-1, 1], background -1.
 
     The brain is an ellipse; ``lesion_fraction`` of the slices carry a small lesion inside it, so
     that the lesion term of the post-training is exercised. Timing does not depend on the values.

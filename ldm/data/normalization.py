@@ -1,4 +1,4 @@
-"""Intensity normalisation of DESIGN.md (as the reference code) and its inverse.
+"""Intensity normalisation of docs/data.md (the reference code's) and its inverse.
 
 The model sees each map in [0, 1], then masked and mapped to [-1, 1]:
 - DWI, ADC: negatives set to 0, then clipped to the patient's 0.5th and 99.5th percentiles inside

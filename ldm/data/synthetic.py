@@ -1,4 +1,4 @@
-"""A synthetic acute-stroke cohort in the raw layout of DESIGN.md, for tests, the demo and users
+"""A synthetic acute-stroke cohort in the raw layout of docs/data.md, for tests, the demo and users
 without data: ``<out>/{train,val,test}/<patient_id>/{ctp,dwi,adc,mask,lesion}.nii.gz``.
 
     python -m ldm.data.synthetic --out data/synthetic --size demo --n_train 16 --n_val 4 --n_test 4

@@ -1,4 +1,4 @@
-"""Reading one raw patient folder (DESIGN.md layout) and rejecting what cannot be used.
+"""Reading one raw patient folder (the layout of docs/data.md) and rejecting what cannot be used.
 
 A patient folder holds ``ctp`` (4-D, required), optionally ``mask``, and either all of ``dwi``,
 ``adc``, ``lesion`` (a training/evaluation patient) or none of them (a CTP-only patient: the

@@ -1,6 +1,6 @@
 """Mapping DWI / ADC volumes to [0, 1] for scoring, exactly as training normalises them.
 
-DESIGN.md (and the reference preprocessing): negatives are set to 0, then the volume is clipped to
+docs/data.md (the reference preprocessing): negatives are set to 0, then the volume is clipped to
 the patient's 0.5th and 99.5th percentiles *inside the brain mask* and scaled to [0, 1]; outside the
 mask the image is 0. The functions of ``ldm.data.normalization`` are used, so scoring and training
 cannot drift apart. For scoring, the window always comes from the ground truth and the same window

@@ -1,6 +1,6 @@
 """Reading ground-truth and predicted NIfTI volumes for evaluation, with their checks.
 
-Ground truth is the raw cohort of DESIGN.md: ``<gt>/<patient_id>/{dwi,adc,mask,lesion,ctp}.nii.gz``.
+Ground truth is the raw cohort of docs/data.md: ``<gt>/<patient_id>/{dwi,adc,mask,lesion,ctp}.nii.gz``.
 Predictions are what ``scripts/sample_LDM.py`` writes:
 ``<pred>/<patient_id>/{dwi,adc}_sample_{k}.nii.gz``. A prediction must have exactly the ground
 truth's shape and affine; anything else is an :class:`EvaluationInputError` with one line naming

@@ -48,7 +48,7 @@ def model_input_size(config: DictConfig) -> tuple[int, int] | None:
 def reference_source(explicit: str | None, config: DictConfig) -> Path | None:
     """Where CTP-only patients get their DWI/ADC scale: ``--reference``, else the run's training split.
 
-    DESIGN.md / preprocessing: the cohort reference (median percentile constants) of the *training*
+    docs/data.md / preprocessing: the cohort reference (median percentile constants) of the *training*
     split. Without either, a preprocessed split's own ``reference.json`` is used (see
     :func:`load_cohort_reference`).
     """

@@ -27,7 +27,7 @@ from ldm.inference.seeding import slice_noise, stable_seed
 from ldm.io import atomic_save_nifti
 from ldm.util import ConfigError
 
-MODALITY_CHANNELS = {"dwi": 0, "adc": 1}  # order of the MRI channels (DESIGN.md: [DWI, ADC])
+MODALITY_CHANNELS = {"dwi": 0, "adc": 1}  # order of the MRI channels (docs/data.md: [DWI, ADC])
 
 
 def sample_path(outdir: str | Path, patient_id: str, modality: str, k: int) -> Path:

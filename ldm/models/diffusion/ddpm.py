@@ -352,7 +352,7 @@ class DDPM(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- data
     def get_input(self, batch: Mapping[str, Any], k: str) -> torch.Tensor:
-        """``batch[k]`` as a float (B, C, H, W) tensor on the model's device (channels first, as DESIGN.md)."""
+        """``batch[k]`` as a float (B, C, H, W) tensor on the model's device (channels first, docs/data.md)."""
         if k not in batch:
             raise ValueError(f"the batch has no key {k!r} (keys: {', '.join(map(str, batch.keys()))}); "
                              f"check first_stage_key / cond_stage_key")
