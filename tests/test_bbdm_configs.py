@@ -1,4 +1,4 @@
-"""The cBBDM / cBBDM-PT configs: the paper-scale settings of issue 10, and the demo configs build and train."""
+"""The cBBDM / cBBDM-PT configs: the paper-scale settings (paper Table 3), and the demo configs build and train."""
 from __future__ import annotations
 
 import inspect

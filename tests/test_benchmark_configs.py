@@ -1,4 +1,4 @@
-"""The benchmark configs hold the sizes of issue 9, and paper.yaml stays the training configs' architecture."""
+"""The benchmark configs hold the benchmark sizes, and paper.yaml stays the training configs' architecture."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Each fast path the benchmark switches computes what the plain path computes (issue 9).
+"""Each fast path the benchmark switches computes what the plain path computes.
 
 Tested at the level the benchmark times, the whole post-training step (which contains the stage-2
 step): the loss and every trainable gradient with a fast path on equal those with it off, for the

@@ -39,7 +39,7 @@ def test_paper_unet_size():
         unet = UNetModel(image_size=[48, 56], in_channels=18, out_channels=3, model_channels=224, num_res_blocks=2,
                          attention_resolutions=[8, 4, 2], channel_mult=[1, 4, 8], num_head_channels=32)
     n = sum(p.numel() for p in unet.parameters())
-    assert 7.3e8 < n < 7.5e8  # "about 740 M parameters" (issue 9)
+    assert 7.3e8 < n < 7.5e8  # "about 740 M parameters" (the paper-scale UNet)
     heads = {m.num_heads for m in unet.modules() if isinstance(m, AttentionBlock)}
     assert heads == {896 // 32, 1792 // 32}  # attention at downsampling 2 (896 ch) and 4 (1792 ch)
 
