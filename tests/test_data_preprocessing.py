@@ -247,3 +247,42 @@ def test_ctp_only_patients_with_and_without_mask_use_the_training_reference(tmp_
         assert volume.shape == record.source_shape
         np.testing.assert_allclose(volume[true_mask], lo + 0.75 * (hi - lo), rtol=1e-5)
         assert (volume[~true_mask] == 0).all()
+
+
+def test_a_killed_rerun_leaves_no_index_that_disagrees_with_the_folders(tmp_path, patients, monkeypatch):
+    """Killed between two patients of a re-run: the old index must not describe republished folders."""
+    import ldm.data.preprocessing as preprocessing
+
+    raw, out = tmp_path / "raw", tmp_path / "npy"
+    for p in patients:
+        _write(raw, p)
+    preprocess_cohort(raw, out, size=SIZE, progress=False)
+    old_ranges = {pid: r.dwi_range for pid, r in load_index(out).items()}
+    # the re-run sees other data (the DWI doubled) and is killed after its first patient
+    for p in patients:
+        image = _source(raw / p.patient_id, "dwi")
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj) * 2.0, image.affine, image.header),
+                 str(raw / p.patient_id / "dwi.nii.gz"))
+    real, calls = preprocessing.preprocess_patient, []
+
+    def killed_after_one(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(preprocessing, "preprocess_patient", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess_cohort(raw, out, size=SIZE, progress=False)
+    assert not (out / INDEX_FILE).exists()  # no index rather than one that disagrees with a folder
+    with pytest.raises(FileNotFoundError, match="no index.json"):
+        load_index(out)
+    (out / ".tmp-old-P000-1-deadbeef").mkdir()  # what a kill inside a publish leaves
+    monkeypatch.setattr(preprocessing, "preprocess_patient", real)
+    preprocess_cohort(raw, out, size=SIZE, progress=False)
+    records = load_index(out)
+    assert not list(out.glob(".tmp-*"))
+    for pid, record in records.items():
+        stored = json.loads((out / pid / "record.json").read_text())
+        assert tuple(stored["dwi_range"]) == pytest.approx(record.dwi_range)
+        assert record.dwi_range[1] == pytest.approx(2 * old_ranges[pid][1], rel=1e-3)

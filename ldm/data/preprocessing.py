@@ -270,6 +270,11 @@ def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(output_dir)  # left by a run that was killed
+    # The old index and reference describe the old patient folders: drop them before the first
+    # folder is republished, so that at every instant either no index exists (readers refuse the
+    # folder) or the index this run writes last, which matches every folder it lists.
+    for stale in (INDEX_FILE, REFERENCE_FILE):  # (a --reference of this folder was read above)
+        (output_dir / stale).unlink(missing_ok=True)
 
     summary = PreprocessSummary(output_dir)
     jobs = [(str(f), str(output_dir), size, n_timepoints, slice_rule, spacing) for f in folders]
