@@ -84,17 +84,10 @@ def resolve_run(opt: argparse.Namespace) -> tuple[str, str, str | None, list[str
 
 
 def check_checkpoint_file(path: str) -> None:
-    """Refuse, in one line, a checkpoint that cannot be read as plain data (corrupt, truncated, or
-    holding pickled objects that would run code), before Lightning reads it."""
-    import pickle
+    """Refuse, in one line, a checkpoint that cannot be read as plain data before Lightning reads it."""
+    from ldm.util import load_checkpoint
 
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot resume from {path!r}: not a readable checkpoint ({first[:200]})") from e
+    ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ConfigError(f"cannot resume from {path!r}: not a Lightning checkpoint (no state_dict)")
 

@@ -91,17 +91,31 @@ def default(value: Any, fallback: Any) -> Any:
     return fallback() if callable(fallback) else fallback
 
 
-def load_state_dict(path: str, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint's ``state_dict`` safely (``weights_only=True``: a file cannot run code).
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Any:
+    """Read a checkpoint file safely (``weights_only=True``: a file cannot run code).
 
-    Lightning checkpoints hold the weights under ``state_dict``; a bare state dict is returned
-    as is. Raises ConfigError naming the path when it does not exist.
+    Raises ConfigError naming the path when it does not exist, or cannot be read as plain data
+    (corrupt, truncated, or holding pickled objects).
     """
     import os
+    import pickle
 
     if not os.path.isfile(path):
         raise ConfigError(f"checkpoint {path!r} does not exist")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"checkpoint {path!r} cannot be read as plain data (corrupt, truncated, or holding "
+                          f"objects that would run code): {first[:200]}") from e
+
+
+def load_state_dict(path: str, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint's ``state_dict``, read with :func:`load_checkpoint`.
+
+    Lightning checkpoints hold the weights under ``state_dict``; a bare state dict is returned as is.
+    """
+    ckpt = load_checkpoint(path, map_location)
     if isinstance(ckpt, dict) and "state_dict" in ckpt:
         return ckpt["state_dict"]
     return ckpt

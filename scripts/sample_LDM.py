@@ -64,6 +64,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=48, help="slices per batch")
     p.add_argument("--steps", type=int, default=200, help="DDIM steps (the paper uses 200)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    p.add_argument("--initial_noise", choices=("zero_mean", "gaussian"), default="zero_mean",
+                   help="x_T with its spatial mean removed per channel (the brightness of a sample no longer "
+                        "follows the mean of the drawn noise; docs/sampling.md), or as drawn (CompVis, reference)")
     p.add_argument("--outdir", default=None, help="output folder (default: <run>/samples/<steps>)")
     p.add_argument("-s", "--seed", type=int, default=23, help="seed of the per-slice initial noise")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -71,6 +74,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="bf16-mixed: UNet and decoder under bf16 autocast, for GPUs with bf16 (the sampler's "
                         "latent stays float32)")
     p.add_argument("--workers", type=int, default=1, help="processes for preprocessing a raw cohort")
+    p.add_argument("--skip-bad", "--skip_bad", dest="skip_bad", action="store_true",
+                   help="raw cohort: sample the patients preprocessing accepts and leave out the rejected ones "
+                        "(default: a rejected patient is an error)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--summary", action="store_true",
                    help="also write voxel-wise mean/std maps over the samples and the core volume's spread "
@@ -93,10 +99,11 @@ def check_settings(outdir: Path, settings: dict) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text())
-    keys = ["checkpoint", "steps", "eta", "seed", "overrides", "precision"]
+    keys = ["checkpoint", "steps", "eta", "seed", "overrides", "precision", "initial_noise"]
     if settings["eta"] > 0:
         keys.append("batch_size")
     old.setdefault("precision", "32")  # folders sampled before the setting existed ran in float32
+    old.setdefault("initial_noise", "gaussian")  # ... and from x_T as drawn
     differ = [k for k in keys if old.get(k) != settings.get(k)]
     if differ:
         k = differ[0]
@@ -137,6 +144,8 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(opt, name)}")
     if opt.eta < 0:
         raise ConfigError(f"--eta must be >= 0, got {opt.eta}")
+    if opt.size is not None and min(opt.size) < 1:
+        raise ConfigError(f"--size must be two positive numbers, got {opt.size[0]} {opt.size[1]}")
     if opt.summary:  # before the model loads: K < 2 and meaningless thresholds are refused
         from ldm.inference.sample_summary import check_summary_options
         check_summary_options(opt.n_samples, opt.adc_core_threshold, opt.min_cluster_ml)
@@ -164,16 +173,20 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
         outdir = run_files.logdir / "samples" / str(opt.steps)
     else:
         raise ConfigError("give --outdir")
+    blocking = next((p for p in (outdir, *outdir.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"--outdir {str(outdir)!r}: {str(blocking)!r} is a file, not a folder")
     settings = {"checkpoint": str(run_files.checkpoint.resolve()), "configs": [str(c) for c in run_files.configs],
                 "overrides": list(overrides), "data": str(data), "steps": opt.steps, "eta": opt.eta,
                 "seed": opt.seed, "n_samples": opt.n_samples, "batch_size": opt.batch_size,
-                "precision": opt.precision}
+                "precision": opt.precision, "initial_noise": opt.initial_noise}
     check_settings(outdir, settings)
 
     device = choose_device(opt.device)
     model = load_model(config, run_files.checkpoint, device)
     try:
-        sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta, precision=opt.precision)
+        sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta, precision=opt.precision,
+                                     initial_noise=opt.initial_noise)
     except ValueError as e:  # e.g. more steps than the model's T
         raise ConfigError(f"--steps {opt.steps} / --eta {opt.eta}: {e}") from e
     ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
@@ -186,7 +199,8 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
     with preprocessed_data(data, size, reference_path, opt.workers,
                            contract.n_timepoints if contract else model_timepoints(config), opt.patients,
                            spacing=contract.spacing if contract else None,
-                           slice_rule=contract.slice_rule if contract else "reference") as data_root:
+                           slice_rule=contract.slice_rule if contract else "reference",
+                           skip_bad=opt.skip_bad) as data_root:
         try:
             records = load_index(data_root)
             if contract is not None and not raw:
@@ -225,6 +239,8 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     from ldm.util import ConfigError
 
     opt, unknown = get_parser().parse_known_args(argv)
@@ -233,11 +249,16 @@ def main(argv: list[str] | None = None) -> int:
         opt.patients = [p for p in opt.patients if "=" not in p] or None
     unknown += [b for b in opt.base if "=" in b and not b.endswith((".yaml", ".yml"))]  # same for -b
     opt.base = [b for b in opt.base if not ("=" in b and not b.endswith((".yaml", ".yml")))]
+    # SIGTERM (a cluster's time limit, kill) unwinds like an exception: the temporary preprocessing
+    # of a raw cohort and half-written files are removed on the way out
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         return run(opt, unknown)
     except ConfigError as e:
         print(f"sample_LDM.py: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

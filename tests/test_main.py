@@ -102,7 +102,7 @@ def test_a_corrupt_or_code_carrying_checkpoint_is_refused_in_one_line(trained_ru
     last.write_bytes(data[: len(data) // 2])  # truncated
     proc = run_main("-r", str(bad_run), "-t")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot resume from {str(last)!r}: not a readable")
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: checkpoint {str(last)!r} cannot be read as plain")
 
     class Payload:
         def __reduce__(self):
@@ -110,7 +110,7 @@ def test_a_corrupt_or_code_carrying_checkpoint_is_refused_in_one_line(trained_ru
 
     torch.save({"state_dict": {}, "evil": Payload()}, last)
     proc = run_main("-r", str(bad_run), "-t")
-    assert proc.returncode == 2 and "not a readable checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "cannot be read as plain data" in proc.stderr
     assert not (tmp_path / "pwned").exists()
 
 

@@ -3,6 +3,7 @@ source geometry, CTP-only patients, batch-size independence with DDIM eta = 0, E
 resuming, and one-line errors."""
 import copy
 import importlib.util
+import sys
 import tempfile
 from pathlib import Path
 
@@ -195,6 +196,9 @@ def test_user_errors_are_one_line(setup, tmp_path, capsys):
     root, raw, npy, run, model, state, config = setup
     broken = {k: v for k, v in state.items() if k != "cond_stage_model.channel_mapper.weight"}
     bad_run = save_run(tmp_path / "bad_run", config, broken)
+    corrupt_run = save_run(tmp_path / "corrupt_run", config, state)
+    ckpt = corrupt_run / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
     cases = [
         (["-r", str(tmp_path / "nope")], "does not exist"),
         (["-r", str(bad_run)], "missing key(s), e.g. 'cond_stage_model.channel_mapper.weight'"),
@@ -203,6 +207,8 @@ def test_user_errors_are_one_line(setup, tmp_path, capsys):
         (["-r", str(run), "--reference", str(tmp_path)], "reference.json"),
         (["-r", str(run), "--size", "64", "64"], "holds 64x64 slices but the model takes 32x32"),
         (["-r", str(run), "--steps", "21"], "--steps 21"),
+        (["-r", str(corrupt_run)], "cannot be read as plain data"),
+        (["-r", str(run), "--size", "0", "32"], "--size must be two positive numbers"),
         (["-r", str(run), "--patients", "P003", f"data.params.train.params.data_root={tmp_path}"],
          "CTP-only patient(s) (e.g. P003) need a DWI/ADC intensity scale"),
     ]
@@ -210,6 +216,56 @@ def test_user_errors_are_one_line(setup, tmp_path, capsys):
         rc = sample_script.main(["--steps", "2"] + args + ["--data", str(raw), "--outdir", str(tmp_path / "o"),
                                                            "--device", "cpu", "--no_progress"])
         assert rc == 2 and message in error_line(capsys.readouterr().err), args
+    (tmp_path / "afile").write_text("x")
+    no_index = tmp_path / "no_index"
+    (no_index / "P001").mkdir(parents=True)
+    for data, outdir, message in ((raw, tmp_path / "afile" / "out", "is a file, not a folder"),
+                                  (no_index, tmp_path / "o", "neither a preprocessed split")):
+        rc = sample_script.main(["-r", str(run), "--data", str(data), "--outdir", str(outdir), "--steps", "2",
+                                 "--device", "cpu", "--no_progress"])
+        assert rc == 2 and message in error_line(capsys.readouterr().err)
+
+
+def test_a_rejected_raw_patient_is_an_error_unless_skip_bad(setup, tmp_path, capsys):
+    root, raw, npy, run, *_ = setup
+    cohort = tmp_path / "raw"
+    for pid in ("P001", "P003"):
+        (cohort / pid).mkdir(parents=True)
+        for f in (raw / pid).iterdir():
+            (cohort / pid / f.name).symlink_to(f)
+    (cohort / "P009").mkdir()
+    (cohort / "P009" / "ctp.nii.gz").write_bytes(b"not a nifti")
+    rc = sample(run, cohort, tmp_path / "out")
+    assert rc == 2 and "patient P009: ctp.nii.gz cannot be read" in error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+    assert sample(run, cohort, tmp_path / "out", "--skip-bad") == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["P001", "P003"]
+
+
+def test_sigterm_removes_the_temporary_preprocessing(setup, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    root, raw, npy, run, *_ = setup
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sample_LDM.py"), "-r", str(run), "--data",
+                             str(raw), "--outdir", str(tmp_path / "out"), "--steps", "20", "--n_samples", "50",
+                             "--device", "cpu", "--no_progress"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(scratch.iterdir()):
+        time.sleep(0.2)
+    assert any(scratch.iterdir()), "the raw cohort was never preprocessed"
+    time.sleep(3)  # into sampling
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert list(scratch.iterdir()) == []
+    assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
 
 
 def test_bf16_sampling_is_close_to_float32_and_is_not_mixed_with_it(setup, tmp_path, capsys):

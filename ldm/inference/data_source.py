@@ -89,14 +89,20 @@ def model_timepoints(config: DictConfig, default: int = 15) -> int:
 def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference: str | Path | None = None,
                       workers: int = 1, n_timepoints: int = 15,
                       patients: Sequence[str] | None = None, spacing: Sequence[float] | None = None,
-                      slice_rule: str = "reference") -> Iterator[Path]:
+                      slice_rule: str = "reference", skip_bad: bool = False) -> Iterator[Path]:
     """Yield a preprocessed split for ``data``: itself, or a temporary preprocessing of a raw cohort
-    (only of ``patients`` when given) at ``spacing`` (None: the patients' own grids). Patients that
-    preprocessing rejects are reported and left out."""
+    (only of ``patients`` when given) at ``spacing`` (None: the patients' own grids). A patient that
+    preprocessing rejects is an error naming it, unless ``skip_bad`` (then it is reported and left
+    out). The temporary folder is removed on every exit (the caller turns SIGTERM into SystemExit)."""
+    from ldm.data.record import INDEX_FILE
+
     data = Path(data)
     if not data.is_dir():
         raise ConfigError(f"--data {str(data)!r} is not a folder")
     if not is_raw_cohort(data):
+        if not (data / INDEX_FILE).is_file():
+            raise ConfigError(f"--data {str(data)!r} is neither a preprocessed split (no {INDEX_FILE}) nor a raw "
+                              f"cohort (no <patient>/ctp.nii.gz)")
         yield data
         return
     if size is None:
@@ -128,4 +134,8 @@ def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference:
         print(summary)
         if not summary.records:
             raise ConfigError(f"--data {str(data)!r}: no patient could be preprocessed")
+        if summary.failures and not skip_bad:
+            first = summary.failures[sorted(summary.failures)[0]]
+            raise ConfigError(f"{len(summary.failures)} patient(s) of {str(data)!r} rejected ({first}); fix them, "
+                              f"or pass --skip-bad to sample the others")
         yield Path(tmp) / "preprocessed"

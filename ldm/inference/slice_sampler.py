@@ -26,12 +26,23 @@ NoiseFn = Callable[[Sequence[int]], torch.Tensor]
 
 
 class DDIMSliceSampler:
-    """``sampler(ctp (B, 15, H, W), noise) -> (B, 2, H, W)`` images in [-1, 1]."""
+    """``sampler(ctp (B, 15, H, W), noise) -> (B, 2, H, W)`` images in [-1, 1].
 
-    def __init__(self, model: torch.nn.Module, steps: int = 200, eta: float = 0.0):
+    ``initial_noise="zero_mean"`` (default) starts DDIM from x_T with its spatial mean removed per
+    channel (:func:`~ldm.modules.diffusionmodules.util.zero_mean_per_channel`: the sample's
+    brightness no longer follows the mean of the drawn noise); ``"gaussian"`` uses x_T as drawn,
+    as CompVis and the reference do.
+    """
+
+    def __init__(self, model: torch.nn.Module, steps: int = 200, eta: float = 0.0,
+                 initial_noise: str = "zero_mean"):
         from ldm.models.diffusion.ddim import DDIMSampler
+        from ldm.modules.diffusionmodules.util import INITIAL_NOISE
 
+        if initial_noise not in INITIAL_NOISE:
+            raise ValueError(f"initial noise must be one of {INITIAL_NOISE}, got {initial_noise!r}")
         self.model, self.steps, self.eta = model, int(steps), float(eta)
+        self.initial_noise = initial_noise
         self.sampler = DDIMSampler(model)
         self.sampler.make_schedule(self.steps, ddim_eta=self.eta)  # bad steps / eta fail here, before any work
 
@@ -52,6 +63,10 @@ class DDIMSliceSampler:
         cond = self.model.get_learned_conditioning(ctp.to(self.device))
         shape = (int(self.model.channels), *cond.shape[-2:])
         x_T = noise(shape).to(self.device)
+        if self.initial_noise == "zero_mean":
+            from ldm.modules.diffusionmodules.util import zero_mean_per_channel
+
+            x_T = zero_mean_per_channel(x_T)
         extra = {}
         if self.eta > 0 and step_seed is not None:
             extra["noise_generator"] = torch.Generator(device=self.device).manual_seed(step_seed)
@@ -81,11 +96,13 @@ class AutocastSliceSampler:
             return self.sampler(ctp, noise, step_seed=step_seed).float()
 
 
-def make_slice_sampler(model: torch.nn.Module, steps: int, eta: float, precision: str = "32") -> Callable:
-    """The model's own slice sampler if it defines one, else DDIM for a LatentDiffusion; under bf16
+def make_slice_sampler(model: torch.nn.Module, steps: int, eta: float, precision: str = "32",
+                       initial_noise: str = "zero_mean") -> Callable:
+    """The model's own slice sampler if it defines one (a Brownian bridge starts from its source, not
+    from noise: ``initial_noise`` does not apply), else DDIM for a LatentDiffusion; under bf16
     autocast with ``precision="bf16-mixed"``."""
     if hasattr(model, "make_slice_sampler"):
         sampler = model.make_slice_sampler(steps=steps, eta=eta)
     else:
-        sampler = DDIMSliceSampler(model, steps=steps, eta=eta)
+        sampler = DDIMSliceSampler(model, steps=steps, eta=eta, initial_noise=initial_noise)
     return sampler if precision in ("32", "32-true") else AutocastSliceSampler(sampler, precision)

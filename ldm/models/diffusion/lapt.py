@@ -20,6 +20,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from ldm.models.diffusion.ddpm import DDPM, LatentDiffusion
 from ldm.models.diffusion.image_space_loss import ImageSpaceObjective, combine_objectives
+from ldm.modules.diffusionmodules.util import zero_mean_per_channel
 from ldm.util import ConfigError, default
 
 INIT_WEIGHTS = ("ema", "raw")
@@ -257,9 +258,11 @@ class LesionAwareLatentDiffusion(LatentDiffusion):
 
     def lesion_mae_noise(self, shape: Sequence[int], first_index: int, n: int) -> torch.Tensor:
         """x_T for slices first_index .. first_index + n - 1 of the subset: the same every validation
-        run (and on CPU or GPU), so that val/lesion_mae changes only when the model does."""
-        return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(
-            self.lesion_mae_seed * 100_003 + first_index + b)) for b in range(n)])
+        run (and on CPU or GPU), so that val/lesion_mae changes only when the model does; zero-mean
+        per channel, as sample_LDM.py samples by default."""
+        noise = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(
+            self.lesion_mae_seed * 100_003 + first_index + b)) for b in range(n)]
+        return zero_mean_per_channel(torch.stack(noise))
 
     def _log_lesion_mae(self) -> None:
         device = self.betas.device

@@ -111,3 +111,18 @@ def noise_like(shape: Sequence[int], device: torch.device | str, repeat: bool = 
     if repeat:
         return torch.randn((1, *shape[1:]), device=device).expand(*shape).contiguous()
     return torch.randn(tuple(shape), device=device)
+
+
+INITIAL_NOISE = ("zero_mean", "gaussian")
+
+
+def zero_mean_per_channel(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, H, W) minus its spatial mean per sample and channel.
+
+    Why (docs/sampling.md): at the noisiest timesteps an eps-prediction UNet reproduces the
+    per-pixel noise of x_T but hardly its spatial mean (a 1 / (H W) share of the eps loss), and
+    Eq. 5 multiplies that error by 1 / sqrt(abar_t), about 80 at t = T: the mean of the sample, i.e.
+    its brightness, then follows the mean of the drawn x_T. Starting DDIM from x_T without that
+    mean (3 of C H W dimensions of the Gaussian) removes the leak; the per-pixel noise is unchanged.
+    """
+    return x - x.mean(dim=(-2, -1), keepdim=True)
