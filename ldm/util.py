@@ -104,7 +104,7 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Any:
         raise ConfigError(f"checkpoint {path!r} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"checkpoint {path!r} cannot be read as plain data (corrupt, truncated, or holding "
                           f"objects that would run code): {first[:200]}") from e
