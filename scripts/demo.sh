@@ -28,9 +28,9 @@ ACCEL=${DEMO_ACCELERATOR:-auto}
 SEED=${DEMO_SEED:-0}                # training (every stage) and sampling
 COHORT_SEED=${DEMO_COHORT_SEED:-0}  # the synthetic cohort
 # Steps per stage at DEMO_SCALE=1: the demo fits 20 minutes on a 2-core CPU with room to spare.
-VQGAN_STEPS=${DEMO_VQGAN_STEPS:-1200}
-LDM_STEPS=${DEMO_LDM_STEPS:-1500}
-LAPT_STEPS=${DEMO_LAPT_STEPS:-300}
+VQGAN_STEPS=${DEMO_VQGAN_STEPS:-800}
+LDM_STEPS=${DEMO_LDM_STEPS:-1000}
+LAPT_STEPS=${DEMO_LAPT_STEPS:-200}
 
 # validate 4 times per stage, counted in training batches across epochs
 val_every() { "$PYTHON" -c "import sys; print(max(1, int(sys.argv[1]) // 4))" "$1"; }

@@ -79,7 +79,7 @@ class LesionAwareBrownianBridge(LesionAwareLatentDiffusion, LatentBrownianBridge
                  x: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_total (Eq. 8) with the bridge's latent loss and x0_hat from the same output at the same t.
 
-        With both lambdas 0 the image terms are only logged (no graph) and the loss is cBBDM's.
+        With both lambdas 0 the loss is cBBDM's and the image terms are logged in validation only.
         """
         noise = default(noise, lambda: torch.randn_like(x_start))
         y, x_noisy, model_output = self.bridge_outputs(x_start, cond, t, noise)
@@ -90,6 +90,8 @@ class LesionAwareBrownianBridge(LesionAwareLatentDiffusion, LatentBrownianBridge
             if self.image_terms_weighted:
                 raise ValueError("lesion-aware post-training needs mask, lesion and x (the MRI batch) in p_losses")
             return loss_latent, loss_dict
+        if self.training and not self.image_terms_weighted:
+            return loss_latent, loss_dict  # the control run: the image terms are logged in validation only
         x0_hat = self.predict_start(x_noisy, t, model_output, y=y)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.image_terms_weighted):
             loss_image, loss_lesion, _ = self.image_objective(self, x0_hat, x, mask, lesion, t, z_start=x_start)

@@ -185,8 +185,8 @@ class LesionAwareLatentDiffusion(LatentDiffusion):
         """L_total = L_latent + lambda_image L_image + lambda_lesion L_lesion (Eq. 8) at timesteps t.
 
         z_t, eps_theta and L_latent are stage 2's (Eq. 4); z0_hat comes from the same prediction
-        (Eq. 5). With both lambdas 0 the image terms are still computed for the log, without a
-        gradient graph, and the loss is exactly stage 2's.
+        (Eq. 5). With both lambdas 0 the loss is exactly stage 2's; the image terms are then computed
+        (without a gradient graph) only in validation, for the log.
         """
         noise = default(noise, lambda: torch.randn_like(x_start))
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
@@ -197,6 +197,9 @@ class LesionAwareLatentDiffusion(LatentDiffusion):
         if x is None or mask is None or lesion is None:
             if self.image_terms_weighted:
                 raise ValueError("lesion-aware post-training needs mask, lesion and x (the MRI batch) in p_losses")
+            return loss_latent, loss_dict
+        if self.training and not self.image_terms_weighted:
+            # the control run (both weights 0): the image terms would only be logged; validation logs them
             return loss_latent, loss_dict
         x0_hat = self.predict_start(x_noisy, t, model_output)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.image_terms_weighted):
