@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import os
-import re
 import sys
 from pathlib import Path
 
+from ldm.config import split_overrides
 from ldm.util import ConfigError
 
 EXIT_USER_ERROR = 2
@@ -61,21 +60,10 @@ def resolve_run(opt: argparse.Namespace) -> tuple[str, str, str | None, list[str
     if opt.name and opt.resume:
         raise ConfigError("-n/--name and -r/--resume cannot be given together: a resumed run keeps its name")
     if opt.resume:
-        path = Path(opt.resume)
-        if not path.exists():
-            raise ConfigError(f"cannot resume: {opt.resume!r} does not exist")
-        if path.is_file():
-            logdir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-            ckpt = str(path)
-        else:
-            logdir = path
-            ckpt = str(logdir / "checkpoints" / "last.ckpt")
-            if not Path(ckpt).is_file():
-                raise ConfigError(f"cannot resume: run directory {opt.resume!r} has no checkpoints/last.ckpt")
-        saved = sorted(glob.glob(str(logdir / "configs" / "*.yaml")))
-        if not saved and not opt.base:
-            raise ConfigError(f"cannot resume: {str(logdir)!r} has no configs/*.yaml and no --base was given")
-        return str(logdir), logdir.name, ckpt, saved + list(opt.base)
+        from ldm.inference.run_loading import resolve_run as resolve_run_files
+
+        run = resolve_run_files(opt.resume, opt.base)  # the same rules as for sampling
+        return str(run.logdir), run.logdir.name, str(run.checkpoint), [str(c) for c in run.configs]
     if not opt.base:
         raise ConfigError("no config given: use --base CONFIG.yaml (or -r RUN_DIR to resume)")
     name = f"_{opt.name}" if opt.name else "_" + Path(opt.base[0]).name.split(".")[0]
@@ -252,18 +240,6 @@ def make_logger(logdir: str, lightning_config):
     if cfg:
         return instantiate_from_config(cfg)
     return TensorBoardLogger(save_dir=logdir, name="", version="tensorboard", default_hp_metric=False)
-
-
-_OVERRIDE = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+)*=")
-
-
-def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Take ``a.b=c`` tokens out before argparse sees them: ``--base`` takes any number of files
-    and ``-t`` an optional value, so either would otherwise swallow the overrides after it."""
-    args, overrides = [], []
-    for token in argv:
-        (overrides if _OVERRIDE.match(token) else args).append(token)
-    return args, overrides
 
 
 def main(argv: list[str] | None = None) -> int:

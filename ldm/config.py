@@ -9,13 +9,14 @@ of ``pytorch_lightning.Trainer`` under ``lightning.trainer``.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ldm.util import ConfigError, get_obj_from_str
+from ldm.util import ConfigError, accepts_keyword
 
 _MISSING = object()
 
@@ -38,6 +39,23 @@ def load_configs(paths: Sequence[str | Path]) -> DictConfig:
     return merged
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+)*=")
+
+
+def is_override(token: str) -> bool:
+    """Whether a command-line token is a ``key.path=value`` override."""
+    return bool(_OVERRIDE.match(token))
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Take ``a.b=c`` tokens out before argparse sees them: options that take any number of values
+    (``--base``, ``--patients``) or an optional one (``-t``) would otherwise swallow them."""
+    args, overrides = [], []
+    for token in argv:
+        (overrides if is_override(token) else args).append(token)
+    return args, overrides
+
+
 def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
     """Split ``key=value`` arguments; anything else is an unknown argument."""
     pairs = []
@@ -47,15 +65,6 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
         key, value = arg.split("=", 1)
         pairs.append((key.strip(), value))
     return pairs
-
-
-def _accepts_keyword(target: str, name: str) -> bool:
-    cls = get_obj_from_str(target)
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return True  # builtins without a signature: let the constructor decide
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _trainer_accepts(name: str) -> bool:
@@ -81,7 +90,7 @@ def check_override_key(config: DictConfig, key: str) -> None:
         owner_key = ".".join(parts[:-2])
         owner = OmegaConf.select(config, owner_key, default=None) if owner_key else config
         if isinstance(owner, DictConfig) and "target" in owner:
-            if _accepts_keyword(owner.target, leaf):
+            if accepts_keyword(owner.target, leaf):
                 return
             raise ConfigError(
                 f"override {key!r} matches nothing: {owner.target} takes no parameter {leaf!r}"

@@ -62,16 +62,42 @@ def instantiate_from_config(config: Mapping | Any, **extra: Any) -> Any:
     return cls(**params, **extra)
 
 
+def accepted_keywords(cls: Any, after: type | None = None) -> frozenset[str] | None:
+    """The keyword arguments ``cls(...)`` accepts, or None when any would do.
+
+    Classes take their own parameters by name and pass the rest on with ``**kwargs`` to the next
+    ``__init__`` in the MRO (the one way constructor arguments travel in this project), so the
+    names are collected along the MRO until an ``__init__`` without ``**kwargs``. With ``after``,
+    only the classes after it in ``cls``'s MRO count (what a mixin may pass on).
+    """
+    if isinstance(cls, type):
+        mro = inspect.getmro(cls)
+        mro = mro[mro.index(after) + 1:] if after is not None else mro
+        inits = [k.__dict__["__init__"] for k in mro if "__init__" in k.__dict__]
+    else:
+        inits = [cls]
+    names: set[str] = set()
+    for init in inits:
+        try:
+            parameters = inspect.signature(init).parameters
+        except (TypeError, ValueError):
+            return None  # builtins without a signature: let the constructor decide
+        names |= {n for n, p in parameters.items()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return frozenset(names)
+    return None
+
+
+def accepts_keyword(target: str | Any, name: str) -> bool:
+    """Whether the class (or ``target`` import path) takes the keyword argument ``name``."""
+    names = accepted_keywords(get_obj_from_str(target) if isinstance(target, str) else target)
+    return names is None or name in names
+
+
 def _check_keywords(target: str, cls: Any, names: list[str]) -> None:
     """A params key the target does not take is a config typo: name it instead of a TypeError."""
-    try:
-        signature = inspect.signature(cls)
-    except (TypeError, ValueError):
-        return
-    parameters = signature.parameters
-    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        return
-    unknown = [n for n in names if n not in parameters]
+    unknown = [n for n in names if not accepts_keyword(cls, n)]
     if unknown:
         raise ConfigError(f"target {target!r} takes no parameter {unknown[0]!r}")
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -43,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from ldm.config import split_overrides  # noqa: E402
+from ldm.data.record import MODALITIES  # noqa: E402
 from ldm.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 EXIT_USER_ERROR = 2
@@ -53,7 +54,6 @@ TABLE2_GRID: dict[float, tuple[float, ...]] = {
     0.05: (0.0, 0.1, 0.2),
     0.1: (0.0, 0.1, 0.2),
 }
-MODALITIES = ("dwi", "adc")
 # (column in evaluate.py's metrics_summary.csv, header in Table 2); mae, lesion_mae and psnr are the
 # table variants evaluate.py selects (brain-masked MAE/PSNR, pooled lesion MAE by default)
 METRICS = (("mae", "MAE↓"), ("lesion_mae", "Lesion MAE↓"), ("psnr", "PSNR↑"),
@@ -375,14 +375,11 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-_OVERRIDE = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+)*=")
-
-
 def main(argv: list[str] | None = None) -> int:
     tokens = list(sys.argv[1:] if argv is None else argv)
     # key=value tokens are taken out first: --base takes several files and would swallow them
-    overrides = [t for t in tokens if _OVERRIDE.match(t)]
-    opt = get_parser().parse_args([t for t in tokens if not _OVERRIDE.match(t)])
+    args, overrides = split_overrides(tokens)
+    opt = get_parser().parse_args(args)
     opt.overrides = overrides
     try:
         if opt.overrides_unparsed:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ldm.precision import PRECISIONS  # noqa: E402
 
 EXIT_USER_ERROR = 2
-SETTINGS_FILE = "sampling.json"
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -89,171 +87,23 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_settings(outdir: Path, settings: dict) -> None:
-    """Refuse to resume into a folder whose existing samples were made with other settings."""
-    import json
-
-    from ldm.util import ConfigError
-
-    path = outdir / SETTINGS_FILE
-    if not path.is_file():
-        return
-    old = json.loads(path.read_text())
-    keys = ["checkpoint", "steps", "eta", "seed", "overrides", "precision", "initial_noise"]
-    if settings["eta"] > 0:
-        keys.append("batch_size")
-    old.setdefault("precision", "32")  # folders sampled before the setting existed ran in float32
-    old.setdefault("initial_noise", "gaussian")  # ... and from x_T as drawn
-    differ = [k for k in keys if old.get(k) != settings.get(k)]
-    if differ:
-        k = differ[0]
-        raise ConfigError(f"--outdir {str(outdir)!r} holds samples made with {k}={old.get(k)!r} (now "
-                          f"{settings.get(k)!r}): resuming would mix them; choose another --outdir")
-
-
-def check_input_size(records: dict, size: tuple[int, int] | None, data_root: Path) -> None:
-    """The preprocessed slices must have the in-plane size the model was trained at (the UNet is
-    convolutional and would run at another size, but it has not learnt that geometry)."""
-    from ldm.util import ConfigError
-
-    sizes = sorted({tuple(r.size) for r in records.values()})
-    if size is not None and sizes and sizes != [tuple(size)]:
-        raise ConfigError(f"{str(data_root)!r} holds {' and '.join(f'{h}x{w}' for h, w in sizes)} slices but the model "
-                          f"takes {size[0]}x{size[1]} (model.params.image_size x the first stage's factor): "
-                          f"preprocess the data at that size")
-
-
-def run(opt: argparse.Namespace, overrides: list[str]) -> int:
-    import torch
-
-    from ldm.config import parse_overrides
-    from ldm.data.contract import DataContract, check_split, load_run_contract
-    from ldm.data.record import INDEX_FILE, REFERENCE_FILE, load_index
-    from ldm.inference.data_source import (configured_data_root, is_raw_cohort, load_cohort_reference,
-                                           model_input_size, model_timepoints, preprocessed_data, reference_source)
-    from ldm.inference.run_loading import choose_device, load_model, load_run_config, resolve_run
-    from ldm.inference.slice_sampler import make_slice_sampler
-    from ldm.inference.volume_sampler import sample_cohort
-    from ldm.io import atomic_write_json
-    from ldm.util import ConfigError
-
-    start = time.time()
-    parse_overrides(overrides)
-    for name in ("n_samples", "batch_size", "steps"):
-        if getattr(opt, name) < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {getattr(opt, name)}")
-    if opt.eta < 0:
-        raise ConfigError(f"--eta must be >= 0, got {opt.eta}")
-    if opt.size is not None and min(opt.size) < 1:
-        raise ConfigError(f"--size must be two positive numbers, got {opt.size[0]} {opt.size[1]}")
-    if opt.summary:  # before the model loads: K < 2 and meaningless thresholds are refused
-        from ldm.inference.sample_summary import check_summary_options
-        check_summary_options(opt.n_samples, opt.adc_core_threshold, opt.min_cluster_ml)
-    run_files = resolve_run(opt.resume, opt.base)
-    config = load_run_config(run_files, overrides)
-    data = opt.data or configured_data_root(config, ("test", "validation"))
-    if not data:
-        raise ConfigError("no --data given and the run's config names no test or validation data_root")
-    reference_path = reference_source(opt.reference, config)
-    if opt.reference is None and run_files.logdir is not None and (run_files.logdir / REFERENCE_FILE).is_file():
-        reference_path = run_files.logdir  # the training split's reference, carried by the run
-    try:
-        contract = load_run_contract(run_files.logdir)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    train = configured_data_root(config, ("train",))
-    if contract is None and train and (Path(train) / INDEX_FILE).is_file():  # a run from before contracts
-        try:
-            contract = DataContract.from_split(train)
-        except (FileNotFoundError, ValueError):
-            contract = None
-    if opt.outdir:
-        outdir = Path(opt.outdir)
-    elif run_files.logdir is not None:
-        outdir = run_files.logdir / "samples" / str(opt.steps)
-    else:
-        raise ConfigError("give --outdir")
-    blocking = next((p for p in (outdir, *outdir.parents) if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ConfigError(f"--outdir {str(outdir)!r}: {str(blocking)!r} is a file, not a folder")
-    settings = {"checkpoint": str(run_files.checkpoint.resolve()), "configs": [str(c) for c in run_files.configs],
-                "overrides": list(overrides), "data": str(data), "steps": opt.steps, "eta": opt.eta,
-                "seed": opt.seed, "n_samples": opt.n_samples, "batch_size": opt.batch_size,
-                "precision": opt.precision, "initial_noise": opt.initial_noise}
-    check_settings(outdir, settings)
-
-    device = choose_device(opt.device)
-    model = load_model(config, run_files.checkpoint, device)
-    try:
-        sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta, precision=opt.precision,
-                                     initial_noise=opt.initial_noise)
-    except ValueError as e:  # e.g. more steps than the model's T
-        raise ConfigError(f"--steps {opt.steps} / --eta {opt.eta}: {e}") from e
-    ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
-    print(f"model {config.model.target} from {run_files.checkpoint} ({ema} weights) on {device}")
-    model_size = model_input_size(config)
-    size = tuple(opt.size) if opt.size else model_size or (contract.size if contract else None)
-    if contract is not None:
-        print(f"the run expects {contract.describe()} ({contract.source})")
-    raw = Path(data).is_dir() and is_raw_cohort(data)
-    with preprocessed_data(data, size, reference_path, opt.workers,
-                           contract.n_timepoints if contract else model_timepoints(config), opt.patients,
-                           spacing=contract.spacing if contract else None,
-                           slice_rule=contract.slice_rule if contract else "reference",
-                           skip_bad=opt.skip_bad) as data_root:
-        try:
-            records = load_index(data_root)
-            if contract is not None and not raw:
-                check_split(contract, data_root)
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(str(e)) from e
-        check_input_size(records, model_size, data_root)
-        reference = load_cohort_reference(reference_path, data_root)
-        ctp_only = [p for p in (opt.patients or records) if p in records and not records[p].has_mri]
-        if ctp_only and reference is None:
-            raise ConfigError(f"{len(ctp_only)} CTP-only patient(s) (e.g. {ctp_only[0]}) need a DWI/ADC intensity "
-                              f"scale: give --reference <preprocessed training split>")
-        if ctp_only:
-            print(f"{len(ctp_only)} CTP-only patient(s): DWI/ADC scale from the cohort reference "
-                  f"({reference.source or 'reference.json'})")
-        print(f"sampling {len(opt.patients or records)} patient(s) of {data}: {opt.n_samples} sample(s), "
-              f"{opt.steps} DDIM steps, eta {opt.eta}, batch {opt.batch_size}, precision {opt.precision} -> {outdir}")
-        outdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(outdir / SETTINGS_FILE, settings)
-        with torch.inference_mode():
-            report = sample_cohort(sampler, data_root, outdir, records, n_samples=opt.n_samples,
-                                   batch_size=opt.batch_size, seed=opt.seed, patients=opt.patients,
-                                   reference=reference, progress=not opt.no_progress)
-        if opt.summary:
-            from ldm.inference.sample_summary import summarise_cohort
-            spread_csv = summarise_cohort(outdir, records, opt.patients or sorted(records), opt.n_samples,
-                                          threshold=opt.adc_core_threshold, min_cluster_ml=opt.min_cluster_ml)
-    if report.skipped:
-        print(f"skipped {len(report.skipped)} patient(s) already sampled: {', '.join(report.skipped)}")
-    print(f"wrote {len(report.written)} patient(s), {report.n_slices} slice(s) in {time.time() - start:.1f} s "
-          f"to {outdir}")
-    if opt.summary:
-        print(f"summary: {{dwi,adc}}_{{mean,std}}.nii.gz over {opt.n_samples} samples per patient, core volume "
-              f"spread in {spread_csv}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     import signal
 
     from ldm.util import ConfigError
 
-    opt, unknown = get_parser().parse_known_args(argv)
-    if opt.patients:  # "--patients P001 a.b=c": the override is not a patient id
-        unknown += [p for p in opt.patients if "=" in p]
-        opt.patients = [p for p in opt.patients if "=" not in p] or None
-    unknown += [b for b in opt.base if "=" in b and not b.endswith((".yaml", ".yml"))]  # same for -b
-    opt.base = [b for b in opt.base if not ("=" in b and not b.endswith((".yaml", ".yml")))]
+    from ldm.config import split_overrides
+
+    args, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    opt, unknown = get_parser().parse_known_args(args)
+    unknown += overrides
     # SIGTERM (a cluster's time limit, kill) unwinds like an exception: the temporary preprocessing
     # of a raw cohort and half-written files are removed on the way out
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    from ldm.inference.run_sampling import sample_run
+
     try:
-        return run(opt, unknown)
+        return sample_run(opt, unknown)
     except ConfigError as e:
         print(f"sample_LDM.py: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

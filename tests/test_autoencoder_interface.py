@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ldm.models.autoencoder import VQModelInterface
-from tests.test_vqgan_modules import tiny_ddconfig
+from tests.helpers.vqgan_models import tiny_ddconfig
 
 
 def frozen_first_stage(**ddconfig_overrides) -> VQModelInterface:

@@ -8,7 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from ldm.models.diffusion.bbdm import LatentBrownianBridge
-from ldm.models.diffusion.bbdm_lapt import _split_parameters
+from ldm.models.diffusion.bbdm_lapt import LesionAwareBrownianBridge
+from ldm.util import accepted_keywords
 from ldm.util import instantiate_from_config
 
 
@@ -43,7 +44,7 @@ def test_paper_scale_cbbdm_pt_settings(repo_root):
                 "cond_stage_config", "source_stage_config", "scale_factor"):
         assert p[key] == base[key], key
     assert p["first_stage_config"]["params"]["ddconfig"] == base["first_stage_config"]["params"]["ddconfig"]
-    _split_parameters(dict(p))  # every key is a parameter of the post-training model
+    assert set(p) <= accepted_keywords(LesionAwareBrownianBridge)  # every key is a parameter of the model
     assert cfg["data"]["params"]["batch_size"] == 6
     assert cfg["lightning"]["callbacks"]["early_stopping"]["params"]["patience"] == 50
 

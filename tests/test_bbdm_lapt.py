@@ -8,7 +8,7 @@ import torch
 from ldm.models.diffusion.bbdm import LatentBrownianBridge
 from ldm.models.diffusion.bbdm_lapt import LesionAwareBrownianBridge
 from ldm.util import ConfigError
-from tests.test_bbdm_model import IMAGE, T, tiny_batch, tiny_bridge, tiny_bridge_params
+from tests.helpers.bridge_models import IMAGE, T, tiny_batch, tiny_bridge, tiny_bridge_params
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ class _ToyBridge:
             return x - self.x0_oracle
         return 0.5 * x + 0.1 * cond["y"] + 0.001 * t.float().reshape(-1, 1, 1, 1)
 
-    def predict_start_from_objective(self, x_t, y, t, out):
+    def predict_start(self, x_t, t, out, *, y):
         m = self.m_t[t].reshape(-1, 1, 1, 1)
         d = self.delta_t[t].reshape(-1, 1, 1, 1)
         return predict_start_from_objective(self.objective, x_t, y, m, d, out)

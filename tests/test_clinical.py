@@ -19,7 +19,15 @@ from ldm.evaluation.agreement import (
 from ldm.evaluation.clinical import cluster_voxels, dice, segment_core, voxel_volume_ml
 from ldm.evaluation.clinical_report import collect
 from ldm.evaluation.uncertainty import error_by_std_decile, std_error_spearman
-from tests.test_evaluate import AFFINE, SHAPE, error_line, evaluate_script, read_csv, save
+from tests.helpers.evaluation_files import AFFINE, SHAPE, save
+from tests.helpers.scripts import error_line as script_error_line
+from tests.helpers.scripts import load_script, read_csv
+
+evaluate_script = load_script("evaluate")
+
+
+def error_line(stderr: str) -> str:
+    return script_error_line(stderr, "evaluate.py")
 
 VOXEL_ML = 1.0 * 1.0 * 5.0 / 1000.0  # AFFINE has 1 x 1 x 5 mm voxels: 0.005 ml
 BRAIN = (slice(1, 23), slice(1, 27), slice(1, 5))

@@ -1,7 +1,5 @@
 """scripts/evaluate.py on a tiny NIfTI cohort: numbers against an independent computation, tables,
 panels, FID with a local TorchScript extractor, and every kind of bad input."""
-import csv
-import importlib.util
 import math
 from pathlib import Path
 
@@ -10,27 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers.evaluation_files import AFFINE, SHAPE, save
+from tests.helpers.scripts import error_line as script_error_line
+from tests.helpers.scripts import load_script, read_csv
+
 ROOT = Path(__file__).resolve().parents[1]
-SHAPE = (24, 28, 5)
-AFFINE = np.array([[0.0, -1.0, 0.0, 90.0],
-                   [1.0, 0.0, 0.0, -126.0],
-                   [0.0, 0.0, 5.0, -72.0],
-                   [0.0, 0.0, 0.0, 1.0]])
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+evaluate_script = load_script("evaluate")
 
 
-evaluate_script = _load_script()
-
-
-def save(array, path, affine=AFFINE):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), affine), str(path))
+def error_line(stderr: str) -> str:
+    return script_error_line(stderr, "evaluate.py")
 
 
 def make_patient(root, pid, seed, lesion=True):
@@ -73,19 +62,6 @@ def cohort(tmp_path):
         predict(gt, noisy, pid, 10 + i, noise=0.3)
         predict(gt, noisier, pid, 20 + i, noise=0.9)
     return gt_dir, perfect, noisy, gts
-
-
-def error_line(stderr):
-    """The one error line of a failed run (the progress bar also writes to stderr)."""
-    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("evaluate.py: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], stderr
-    return errors[0]
-
-
-def read_csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def reference_scores(gt, pred_path, modality):

@@ -37,13 +37,7 @@ FAST_PATHS = {
 FAST_PATHS["all"] = [o for overrides in FAST_PATHS.values() for o in overrides]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads contend and run several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _config(overrides: list[str]):

@@ -1,7 +1,6 @@
 """The ISLES'24 importer on a small fake ISLES'24 tree made from the synthetic cohort, with the
 dataset's file names: one grid per patient at the target spacing, 15 CTP frames, a seeded
 patient-level split, the manifest, and incomplete or unusable subjects skipped by name."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,16 +14,10 @@ from ldm.data.preprocessing import preprocess_cohort
 from ldm.data.record import load_index
 from ldm.data.resampling import Grid, resample
 from ldm.data.synthetic import generate_patient
+from tests.helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 N_FRAMES = 20  # clinical CTP has more frames than the model's 15
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("import_isles24_script", ROOT / "scripts" / "import_isles24.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _save(data, affine, path: Path, time_step=None):
@@ -69,7 +62,7 @@ def fake_isles(tmp_path_factory):
 def test_import_writes_one_grid_per_patient_at_the_target_spacing_with_a_seeded_split(fake_isles, tmp_path, capsys):
     root, patients = fake_isles
     out = tmp_path / "raw"
-    assert _load_script().main(["--isles_root", str(root), "--output_dir", str(out), "--no_progress"]) == 0
+    assert load_script("import_isles24").main(["--isles_root", str(root), "--output_dir", str(out), "--no_progress"]) == 0
     printed = capsys.readouterr().out
     assert "imported 5 subjects" in printed
     assert "sub-stroke0006: no ses-02/sub-stroke0006_ses-02_space-ncct_adc.nii.gz" in printed
@@ -113,7 +106,7 @@ def test_import_writes_one_grid_per_patient_at_the_target_spacing_with_a_seeded_
 
 
 def test_bad_arguments_and_roots(tmp_path, capsys):
-    script = _load_script()
+    script = load_script("import_isles24")
     with pytest.raises(SystemExit):
         script.main(["--isles_root", str(tmp_path), "--output_dir", str(tmp_path / "o"),
                      "--split", "0.5", "0.5", "0.5"])

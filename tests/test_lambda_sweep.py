@@ -1,15 +1,14 @@
 """scripts/lambda_sweep.py: the dry run lists the paper's Table 2 grid as main.py runs, skips and
 resumes finished work, and the table is gathered from evaluate.py's summary CSV."""
 import csv
-import importlib.util
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
 from ldm.evaluation.tables import write_csv
+from tests.helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 # Table 2 of the paper: the post-trained rows (the (0, 0) row is the stage-2 model)
@@ -17,15 +16,7 @@ TABLE2 = {(0.01, 0.0), (0.01, 0.01), (0.01, 0.02), (0.01, 0.05), (0.05, 0.0), (0
           (0.1, 0.0), (0.1, 0.1), (0.1, 0.2)}
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("lambda_sweep_script", ROOT / "scripts" / "lambda_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep = _load_script()
+sweep = load_script("lambda_sweep")
 
 
 def _commands(out: str, script: str) -> list[list[str]]:

@@ -7,16 +7,11 @@ import pytest
 import torch
 
 from ldm.models.diffusion.image_space_loss import image_space_losses
-from tests.test_lapt_fixtures import LINEAR, T, build, lapt_config, make_batch, stage2_config
+from tests.helpers.lapt_models import LINEAR, T, build, lapt_config, make_batch, stage2_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread; two threads on a shared 2-core machine spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
 
 def _fixed_inputs(model, batch, t=(3, 20, 41), seed=1):
     """(z, ctp, t, noise, loss kwargs) for a batch, with fixed timesteps and noise."""
@@ -111,7 +106,7 @@ def test_loss_equals_hand_computation_of_eqs_5_to_8(stage2, image_target):
     assert d["val/loss_image"].item() == pytest.approx(l_image.item(), rel=1e-4)
     assert d["val/loss_lesion"].item() == pytest.approx(l_lesion.item(), rel=1e-4)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert d["val/loss"] is loss
+    assert torch.equal(d["val/loss"], loss.detach()) and not d["val/loss"].requires_grad  # logged detached
 
 
 def test_targets_differ_and_reconstruction_target_has_no_graph(stage2):

@@ -11,16 +11,11 @@ from torch.utils.data import DataLoader
 
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.util import ConfigError
-from tests.test_lapt_fixtures import build, lapt_config, make_batch, save_stage2_checkpoint
+from tests.helpers.lapt_models import build, lapt_config, make_batch, save_stage2_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread; two threads on a shared 2-core machine spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
 
 @pytest.fixture(scope="module")
 def stage2_ckpt(tmp_path_factory):
@@ -137,7 +132,7 @@ def test_short_fit_bf16_logs_losses_and_lesion_mae(stage2_ckpt, tmp_path):
 
 
 def test_stage2_latent_scale_carries_over_and_is_not_recomputed(tmp_path):
-    from tests.test_lapt_fixtures import stage2_config
+    from tests.helpers.lapt_models import stage2_config
 
     stage2_cfg = stage2_config(use_ema=True, scale_factor=1.0)
     stage2_cfg["params"]["scale_by_std"] = True
@@ -162,7 +157,7 @@ def test_control_run_trains_on_the_same_batches_timesteps_and_noise_with_stage2_
     from ldm.data.preprocessing import preprocess_cohort
     from ldm.data.synthetic import generate_patient, write_patient
     from ldm.models.diffusion.ddpm import LatentDiffusion
-    from tests.test_lapt_fixtures import stage2_config
+    from tests.helpers.lapt_models import stage2_config
 
     for i in range(2):
         write_patient(generate_patient([4, i], size=(32, 32), n_slices=4, n_timepoints=15, lesion_volume_ml=20.0,

@@ -134,7 +134,7 @@ def _write(tmp_path: Path, text: str) -> str:
 TOY_DATA = """
 data:
   target: ldm.data.datamodule.DataModuleFromConfig
-  params: {batch_size: 2, num_workers: 0, train: {target: tests.toy_model.ToyDataset}}
+  params: {batch_size: 2, num_workers: 0, train: {target: tests.helpers.toy_model.ToyDataset}}
 """
 
 
@@ -142,7 +142,7 @@ data:
     ("missing_file", "config file 'does/not/exist.yaml' does not exist"),
     ("no_target", "config node has no 'target' key"),
     ("bad_import", "target 'ldm.no_such_module.Model': module 'ldm.no_such_module' does not import"),
-    ("bad_attribute", "module 'tests.toy_model' has no attribute 'NoSuchModel'"),
+    ("bad_attribute", "module 'tests.helpers.toy_model' has no attribute 'NoSuchModel'"),
     ("bad_override", "override 'model.params.hiden' matches nothing"),
     ("bad_trainer_override", "override 'lightning.trainer.max_stepz' matches nothing"),
     ("bad_param", "takes no parameter 'widht'"),
@@ -156,13 +156,13 @@ def test_user_errors_exit_2_with_one_line(case, expected, tmp_path, capsys):
     elif case == "bad_import":
         args += ["--base", _write(tmp_path, "model:\n  target: ldm.no_such_module.Model\n" + TOY_DATA)]
     elif case == "bad_attribute":
-        args += ["--base", _write(tmp_path, "model:\n  target: tests.toy_model.NoSuchModel\n" + TOY_DATA)]
+        args += ["--base", _write(tmp_path, "model:\n  target: tests.helpers.toy_model.NoSuchModel\n" + TOY_DATA)]
     elif case == "bad_override":
         args += ["--base", TOY, "model.params.hiden=3"]
     elif case == "bad_trainer_override":
         args += ["--base", TOY, "lightning.trainer.max_stepz=3"]
     elif case == "bad_param":
-        args += ["--base", _write(tmp_path, "model:\n  target: tests.toy_model.ToyRegressor\n"
+        args += ["--base", _write(tmp_path, "model:\n  target: tests.helpers.toy_model.ToyRegressor\n"
                                             "  params: {widht: 3}\n" + TOY_DATA)]
     cwd = os.getcwd()
     os.chdir(ROOT)

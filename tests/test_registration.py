@@ -3,7 +3,6 @@ misregistration of about 8 degrees and 6 mm and different voxel sizes (CT 0.5 x 
 1 x 1 x 5 mm) is recovered within 1 mm mean displacement over the brain, the CT-space lesion mask
 carried along has Dice >= 0.9 with the truth, motion between frames is undone, and the cohort mode
 writes the raw layout patient by patient."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,18 +14,12 @@ from ldm.data.preprocessing import preprocess_cohort
 from ldm.data.record import load_index
 from ldm.data.registration import RegistrationSettings, register_ctp, to_sitk, transform_to_ras
 from ldm.data.synthetic_pair import make_registration_pair, rigid_matrix
+from tests.helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("register_ctp_script", ROOT / "scripts" / "register_ctp.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = _load_script()
+script = load_script("register_ctp")
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -19,16 +19,19 @@ from ldm.data.head import add_skull
 from ldm.data.preprocessing import preprocess_cohort
 from ldm.data.record import load_reference
 from ldm.data.resampling import Grid, resample
-from tests.test_sampling import SIZE, write_raw_patient
-from tests.test_sampling_ldm import build_model, error_line, sample_script, save_run, tiny_config
+from tests.helpers.raw_patients import SIZE, write_raw_patient
+from tests.helpers.sampling_runs import build_model, save_run, tiny_config
+from tests.helpers.scripts import error_line as script_error_line
+from tests.helpers.scripts import load_script
+
+sample_script = load_script("sample_LDM")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def error_line(stderr: str) -> str:
+    return script_error_line(stderr, "sample_LDM.py")
+
+
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _clinical_ctp(folder, seed=5, n_frames=22):

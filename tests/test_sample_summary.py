@@ -12,8 +12,8 @@ from ldm.data.record import load_index
 from ldm.inference.sample_summary import SPREAD_CSV, SPREAD_JSON, summarise_cohort, summarise_patient, summary_path
 from ldm.inference.volume_sampler import sample_path
 from ldm.util import ConfigError
-from tests.test_evaluate import read_csv
-from tests.test_sampling import AFFINE, SOURCE_SHAPE, cohort, run  # noqa: F401  (cohort is a fixture)
+from tests.helpers.raw_patients import AFFINE, SOURCE_SHAPE, cohort, run  # noqa: F401  (cohort is a fixture)
+from tests.helpers.scripts import read_csv
 
 
 def samples_on_disk(outdir, pid, modality, ks):

@@ -9,84 +9,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from ldm.data.preprocessing import preprocess_cohort
 from ldm.data.record import load_index, load_reference
 from ldm.inference.seeding import slice_noise, stable_seed
-from ldm.inference.volume_sampler import missing_samples, sample_cohort, sample_path
+from ldm.inference.volume_sampler import missing_samples, sample_path
 from ldm.util import ConfigError
+from tests.helpers.raw_patients import AFFINE, SOURCE_SHAPE, FakeSliceSampler, cohort, run  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE_SHAPE = (36, 30, 7)   # X is cropped to 32, Y padded to 32
-SIZE = (32, 32)
-T = 15
-# oblique, anisotropic (1 x 1 x 5 mm), not centred: any axis mix-up or dropped offset shows
-AFFINE = np.array([[0.98, -0.17, 0.0, -20.5],
-                   [0.17, 0.98, 0.05, -31.0],
-                   [0.0, -0.01, 5.0, 12.25],
-                   [0.0, 0.0, 0.0, 1.0]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared, oversubscribed 2-core test machine OpenMP spin-waiting
-    makes two-thread convolutions of these tiny tensors ~40x slower than one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def write_raw_patient(folder: Path, seed: int, ctp_only: bool = False) -> dict:
-    rng = np.random.default_rng(seed)
-    x, y = np.meshgrid(np.arange(SOURCE_SHAPE[0]), np.arange(SOURCE_SHAPE[1]), indexing="ij")
-    brain = ((x - 19) / 13) ** 2 + ((y - 14) / 12) ** 2 < 1
-    mask = np.repeat(brain[..., None], SOURCE_SHAPE[2], axis=2)
-    mask[..., [0, SOURCE_SHAPE[2] - 1]] = False  # empty-mask slices: skipped, must come back as 0
-    ctp = rng.uniform(0, 150, size=SOURCE_SHAPE + (T,)) * mask[..., None]
-    maps = {"ctp": ctp, "mask": mask}
-    if not ctp_only:
-        lesion = np.zeros(SOURCE_SHAPE, bool)
-        lesion[15:20, 12:16, 3] = True
-        maps.update(dwi=rng.uniform(100, 900, SOURCE_SHAPE) * mask, adc=rng.uniform(400, 3000, SOURCE_SHAPE) * mask,
-                    lesion=lesion)
-    folder.mkdir(parents=True)
-    for name, array in maps.items():
-        nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), AFFINE), str(folder / f"{name}.nii.gz"))
-    return maps
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    """A raw split with a full patient and a CTP-only one, preprocessed at 32 x 32."""
-    root = tmp_path_factory.mktemp("cohort")
-    raw = root / "raw"
-    write_raw_patient(raw / "P001", 1)
-    write_raw_patient(raw / "P002", 2)
-    write_raw_patient(raw / "P003", 3, ctp_only=True)
-    npy = root / "npy"
-    preprocess_cohort(raw, npy, size=SIZE, progress=False)
-    return raw, npy
-
-
-class FakeSliceSampler:
-    """Each output slice is a fixed function of its own CTP and x_T (like DDIM with eta = 0)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, ctp, noise, step_seed=None):
-        x_T = noise((3, ctp.shape[-2] // 4, ctp.shape[-1] // 4))
-        self.calls.append(ctp.shape[0])
-        up = F.interpolate(x_T[:, :2], size=ctp.shape[-2:], mode="nearest")
-        return torch.tanh(0.5 * up + ctp[:, :2])
-
-
-def run(npy, outdir, sampler=None, **kw):
-    records = load_index(npy)
-    kw.setdefault("reference", load_reference(npy))
-    return sample_cohort(sampler or FakeSliceSampler(), npy, outdir, records, progress=False, **kw)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def volume(path):

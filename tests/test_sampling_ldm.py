@@ -1,8 +1,6 @@
 """scripts/sample_LDM.py end to end with a tiny, untrained LatentDiffusion saved as a run directory:
 source geometry, CTP-only patients, batch-size independence with DDIM eta = 0, EMA weights,
 resuming, and one-line errors."""
-import copy
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -11,79 +9,21 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from ldm.data.preprocessing import preprocess_cohort
-from ldm.util import instantiate_from_config
-from tests.test_sampling import AFFINE, SIZE, SOURCE_SHAPE, write_raw_patient
+from ldm.modules.ema import EMA_PREFIX
+from tests.helpers.raw_patients import AFFINE, SIZE, SOURCE_SHAPE, write_raw_patient
+from tests.helpers.sampling_runs import build_model, save_run, tiny_config
+from tests.helpers.scripts import error_line as script_error_line
+from tests.helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-EMA_PREFIX = "model_ema."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared, oversubscribed 2-core test machine OpenMP spin-waiting
-    makes two-thread convolutions of these tiny tensors ~40x slower than one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("sample_ldm_script", ROOT / "scripts" / "sample_LDM.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sample_script = _load_script()
-
-
-def tiny_config(data_root: Path) -> dict:
-    return {
-        "model": {
-            "base_learning_rate": 1e-4,
-            "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
-            "params": {
-                "timesteps": 20, "linear_start": 0.0015, "linear_end": 0.0195, "image_size": [8, 8],
-                "channels": 3, "cond_stage_trainable": True, "conditioning_key": "concat", "use_ema": True,
-                "first_stage_key": "mri", "cond_stage_key": "ctp", "monitor": "val/loss_simple_ema",
-                "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
-                    "image_size": [8, 8], "in_channels": 18, "out_channels": 3, "model_channels": 32,
-                    "attention_resolutions": [2], "num_res_blocks": 1, "channel_mult": [1, 2],
-                    "num_head_channels": 16}},
-                "first_stage_config": {"target": "ldm.models.autoencoder.VQModelInterface", "params": {
-                    "embed_dim": 3, "n_embed": 16,
-                    "ckpt_path": "/nonexistent/stage1/last.ckpt",  # the LDM checkpoint has these weights
-                    "ddconfig": {"double_z": False, "z_channels": 3, "resolution": SIZE[0], "in_channels": 2,
-                                 "out_ch": 2, "ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1,
-                                 "attn_resolutions": [], "dropout": 0.0},
-                    "lossconfig": {"target": "torch.nn.Identity"}}},
-                "cond_stage_config": {"target": "ldm.modules.encoders.modules.SpatialRescaler", "params": {
-                    "n_stages": 2, "in_channels": 15, "out_channels": 15, "bias": False}},
-            },
-        },
-        "data": {"target": "ldm.data.datamodule.DataModuleFromConfig", "params": {
-            "batch_size": 2, "num_workers": 0,
-            "train": {"target": "ldm.data.ctpdwi.CTPMRISlices", "params": {"data_root": str(data_root)}},
-            "test": {"target": "ldm.data.ctpdwi.CTPMRISlices", "params": {"data_root": str(data_root)}}}},
-    }
-
-
-def build_model(config: dict):
-    model_cfg = copy.deepcopy(config["model"])
-    model_cfg["params"]["first_stage_config"]["params"]["ckpt_path"] = None
-    return instantiate_from_config(model_cfg)
-
-
-def save_run(run_dir: Path, config: dict, state_dict: dict) -> Path:
-    (run_dir / "configs").mkdir(parents=True)
-    (run_dir / "checkpoints").mkdir()
-    OmegaConf.save(OmegaConf.create(config), run_dir / "configs" / "2025-01-01T00-00-00-project.yaml")
-    torch.save({"state_dict": state_dict, "global_step": 0}, run_dir / "checkpoints" / "last.ckpt")
-    return run_dir
+sample_script = load_script("sample_LDM")
 
 
 @pytest.fixture(scope="module")
@@ -107,17 +47,13 @@ def setup(tmp_path_factory):
     return root, raw, npy, run, model, state, config
 
 
+def error_line(stderr: str) -> str:
+    return script_error_line(stderr, "sample_LDM.py")
+
+
 def sample(run, raw, out, *extra):
     return sample_script.main(["-r", str(run), "--data", str(raw), "--outdir", str(out), "--steps", "3",
                                "--seed", "1", "--device", "cpu", "--no_progress", *extra])
-
-
-def error_line(stderr: str) -> str:
-    """The one error line of a failed run (progress bars also write to stderr)."""
-    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("sample_LDM.py: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], stderr
-    return errors[0]
 
 
 def volumes(folder: Path) -> dict:

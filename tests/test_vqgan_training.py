@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tests.test_vqgan_modules import tiny_ddconfig, tiny_lossconfig, tiny_vqmodel
+from tests.helpers.vqgan_models import tiny_ddconfig, tiny_lossconfig, tiny_vqmodel
 
 
 class BlobSlices(Dataset):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ldm.data.record import MASKS, MODALITIES
 from ldm.data.resampling import Grid, affine_zooms, coverage, resample, target_grid
 from ldm.data.timepoints import FrameTimes, resample_frames
 from ldm.data.validation import PatientError, PatientVolumes
@@ -50,7 +51,7 @@ def harmonise(volumes: PatientVolumes, spacing: Sequence[float] | None, n_timepo
                     volumes.affine if volumes.ctp_affine is None else volumes.ctp_affine)
 
     mri = {}
-    for name in ("dwi", "adc", "mask", "lesion"):
+    for name in (*MODALITIES, *MASKS):
         volume = getattr(volumes, name)
         if volume is not None and grid is not source:
             volume = resample(volume, source.affine, grid, mask=volume.dtype == bool)

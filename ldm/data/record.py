@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+MODALITIES = ("dwi", "adc")  # the MRI channels, in order (docs/data.md)
+MASKS = ("mask", "lesion")  # the binary maps of a patient: brain and ischemic core
 INDEX_FILE = "index.json"
 REFERENCE_FILE = "reference.json"
 RECORD_FILE = "record.json"
@@ -159,7 +161,7 @@ class CohortReference:
     source: str = ""
 
     def intensity_range(self, modality: str) -> tuple[float, float]:
-        if modality not in ("dwi", "adc"):
+        if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; expected 'dwi' or 'adc'")
         return getattr(self, f"{modality}_range")
 

@@ -30,11 +30,12 @@ from ldm.data.anatomy import build_anatomy, default_n_slices, inplane_voxel_mm
 from ldm.data.lesion_model import lesion_fields, sample_lesions
 from ldm.data.mri_signal import synthesize_dwi_adc
 from ldm.data.perfusion import acquisition_times, synthesize_ctp
+from ldm.data.record import MASKS, MODALITIES
 from ldm.data.vessels import ARTERIES, VEINS, vessel_fraction
 from ldm.io import atomic_save_nifti, atomic_write_json
 
 SIZES = {"paper": (192, 224), "demo": (64, 64)}
-MAPS = ("ctp", "dwi", "adc", "mask", "lesion")
+MAPS = ("ctp", *MODALITIES, *MASKS)
 DESCRIPTIONS = {"ctp": "CT perfusion (HU)", "dwi": "DWI b=1000", "adc": "ADC 1e-6 mm2/s",
                 "mask": "brain mask", "lesion": "ischemic lesion (core)"}
 

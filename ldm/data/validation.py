@@ -18,10 +18,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ldm.data.record import MASKS, MODALITIES
 from ldm.data.resampling import AFFINE_TOLERANCE_MM
 from ldm.data.timepoints import FrameTimes, read_frame_times
 
-MRI_MAPS = ("dwi", "adc", "lesion")
+MRI_MAPS = (*MODALITIES, "lesion")
 
 
 class PatientError(ValueError):
@@ -121,7 +122,7 @@ def load_patient(folder: str | Path, n_timepoints: int = 15) -> PatientVolumes:
 
     maps: dict[str, np.ndarray] = {}
     images: dict[str, tuple[Path, nib.Nifti1Image]] = {}
-    for name in ("dwi", "adc", "mask", "lesion"):
+    for name in (*MODALITIES, *MASKS):
         path = find_map(folder, name) if name == "mask" else present[name]
         if path is None:
             continue

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from ldm.data.normalization import from_model_range, unit_to_physical
-from ldm.data.record import CohortReference, PatientRecord, load_reference
+from ldm.data.record import MODALITIES, CohortReference, PatientRecord, load_reference
 
 DESCRIPTIONS = {"dwi": "DWI b=1000", "adc": "ADC 1e-6 mm2/s", "ctp": "CT perfusion (HU)",
                 "mask": "brain mask", "lesion": "ischemic lesion"}
@@ -88,7 +88,7 @@ def slices_to_volume(slices: np.ndarray, record: PatientRecord, modality: str,
     the training split's output folder or its reference.json, or the training split's records
     (``load_index``; their medians are taken). ``mask`` (S, H, W) defaults to the stored mask.
     """
-    if modality not in ("dwi", "adc"):
+    if modality not in MODALITIES:
         raise ValueError(f"modality must be 'dwi' or 'adc', got {modality!r}")
     intensity = None if use_reference else record.intensity_range(modality)
     if intensity is None:

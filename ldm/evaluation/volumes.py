@@ -15,9 +15,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ldm.data.record import MODALITIES
 from ldm.data.slice_selection import select_slices
 
-MODALITIES = ("dwi", "adc")
 AFFINE_TOLERANCE_MM = 1e-3  # NIfTI stores affines in float32: allow its rounding, nothing more
 _SAMPLE_NAME = re.compile(r"^(dwi|adc)_sample_(\d+)\.nii(\.gz)?$")
 
@@ -93,7 +93,7 @@ def load_ground_truth(folder: str | Path) -> GroundTruth:
     if len(mask_img.shape) != 3:
         raise EvaluationInputError(f"patient {pid}: mask.nii.gz is not 3D (shape {mask_img.shape})")
     arrays = {name: np.asarray(_load(folder, name, pid, mask_img).dataobj, dtype=np.float32)
-              for name in ("dwi", "adc", "lesion")}
+              for name in (*MODALITIES, "lesion")}
     mask = np.asarray(mask_img.dataobj) > 0
     if not mask.any():
         raise EvaluationInputError(f"patient {pid}: the brain mask is empty")

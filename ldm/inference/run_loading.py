@@ -8,7 +8,6 @@ are read with ``weights_only=True`` (a checkpoint cannot run code) and must fit 
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +16,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.config import apply_overrides, load_configs
-from ldm.util import ConfigError, get_obj_from_str, instantiate_from_config, load_state_dict
+from ldm.modules.ema import EMA_PREFIX
+from ldm.util import ConfigError, accepts_keyword, instantiate_from_config, load_state_dict
 
-EMA_PREFIX = "model_ema."
 
 
 @dataclass
@@ -58,13 +57,6 @@ def load_run_config(run: RunFiles, overrides: Sequence[str] = ()) -> DictConfig:
     return config
 
 
-def _accepts(target: str, name: str) -> bool:
-    try:
-        return name in inspect.signature(get_obj_from_str(target)).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def inference_model_config(model_config: DictConfig, has_ema: bool) -> DictConfig:
     """The model config to build for inference from a full checkpoint.
 
@@ -77,7 +69,7 @@ def inference_model_config(model_config: DictConfig, has_ema: bool) -> DictConfi
     for node in (params, OmegaConf.select(cfg, "params.first_stage_config.params")):
         if isinstance(node, DictConfig) and "ckpt_path" in node:
             node.ckpt_path = None
-    if _accepts(cfg.target, "use_ema"):
+    if accepts_keyword(cfg.target, "use_ema"):
         params.use_ema = has_ema
     return cfg
 

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ldm.data.record import CohortReference, PatientRecord
+from ldm.data.record import MODALITIES, CohortReference, PatientRecord
 from ldm.inference.seeding import slice_noise, stable_seed
 from ldm.io import atomic_save_nifti
 from ldm.util import ConfigError
 
-MODALITY_CHANNELS = {"dwi": 0, "adc": 1}  # order of the MRI channels (docs/data.md: [DWI, ADC])
+MODALITY_CHANNELS = {m: i for i, m in enumerate(MODALITIES)}  # channel of each MRI map in a sample
 
 
 def sample_path(outdir: str | Path, patient_id: str, modality: str, k: int) -> Path:

@@ -14,6 +14,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+# The state-dict prefix of a diffusion model's EMA (its attribute ``model_ema``).
+EMA_PREFIX = "model_ema."
+
 
 class LitEma(nn.Module):
     def __init__(self, model: nn.Module, decay: float = 0.9999, use_num_upates: bool = True) -> None:

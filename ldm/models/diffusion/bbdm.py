@@ -50,7 +50,7 @@ def objective_target(objective: str, x_start: torch.Tensor, y: torch.Tensor, noi
 
 def predict_start_from_objective(objective: str, x_t: torch.Tensor, y: torch.Tensor, m_t: torch.Tensor,
                                  delta_t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
-    """x0_hat from the denoiser's output: the inverse of :func:`objective_target` given x_t.
+    """z0_hat from the denoiser's output: the inverse of :func:`objective_target` given x_t.
 
     The bridge analogue of the LDM's Eq. 5, used by the sampler and by the post-training.
     """
@@ -213,16 +213,11 @@ class LatentBrownianBridge(LatentDiffusion):
 
     def predict_start(self, x_noisy: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor, *,
                       y: torch.Tensor | None = None) -> torch.Tensor:
-        """x0_hat from the denoiser's output at the same t (the bridge's Eq. 5); ``y`` is required."""
+        """z0_hat from the denoiser's output at the same t (the bridge's Eq. 5); ``y`` is required."""
         if y is None:
             raise ValueError("the Brownian bridge's predict_start needs the source y")
         m, d = self._coefficients(t, x_noisy)
         return predict_start_from_objective(self.objective, x_noisy, y, m, d, model_output)
-
-    def predict_start_from_objective(self, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
-                                     model_output: torch.Tensor) -> torch.Tensor:
-        """Sampler interface (:class:`ldm.models.diffusion.bridge_sampler.BridgeModel`)."""
-        return self.predict_start(x_t, t, model_output, y=y)
 
     def latent_loss(self, model_output: torch.Tensor, x_start: torch.Tensor, noise: torch.Tensor,
                     t: torch.Tensor, *, y: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -243,19 +238,22 @@ class LatentBrownianBridge(LatentDiffusion):
         loss_dict[f"{prefix}/loss"] = loss.detach()
         return loss, loss_dict
 
-    def bridge_outputs(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor, noise: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(y, x_t, denoiser output) for one training step; shared with the post-training."""
+    def latent_step(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor, noise: torch.Tensor
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """(the bridge's latent loss, its loss dict, z0_hat) from one denoiser output at (x_t, t), with
+        the source y = S(c~): the hook the post-training builds on."""
         y = self.get_source(cond)
         x_noisy = self.q_sample(x_start, t, noise, y=y)
-        return y, x_noisy, self.apply_model(x_noisy, t, cond)
+        model_output = self.apply_model(x_noisy, t, cond)
+        loss, loss_dict = self.latent_loss(model_output, x_start, noise, t, y=y)
+        return loss, loss_dict, self.predict_start(x_noisy, t, model_output, y=y)
 
     def p_losses(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor, noise: torch.Tensor | None = None,
                  **kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The bridge's training loss at timesteps t in 1..T; extra keyword arguments are for subclasses."""
         noise = default(noise, lambda: torch.randn_like(x_start))
-        y, x_noisy, model_output = self.bridge_outputs(x_start, cond, t, noise)
-        return self.latent_loss(model_output, x_start, noise, t, y=y)
+        loss, loss_dict, _ = self.latent_step(x_start, cond, t, noise)
+        return loss, loss_dict
 
     # ----------------------------------------------------------------------------- sampling and logging
     @torch.no_grad()

@@ -43,8 +43,8 @@ class BridgeModel(Protocol):
 
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor: ...
 
-    def predict_start_from_objective(self, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
-                                     model_output: torch.Tensor) -> torch.Tensor: ...
+    def predict_start(self, x_noisy: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor, *,
+                      y: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 def make_bridge_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
@@ -131,7 +131,7 @@ class BridgeSampler:
         for i, (t, s) in enumerate(iterator):
             t_batch = torch.full((batch_size,), t, device=y.device, dtype=torch.long)
             out = model.apply_model(x, t_batch, conditioning)
-            x0_hat = model.predict_start_from_objective(x, y, t_batch, out)
+            x0_hat = model.predict_start(x, t_batch, out, y=y)
             noise = None
             if eta > 0 and step_noise is not None:
                 noise = step_noise[i].to(device=x.device, dtype=x.dtype)

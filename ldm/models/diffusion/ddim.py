@@ -20,6 +20,7 @@ tensors: ``clone()`` them before modifying them in place outside inference mode.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,10 @@ class DDIMSampler:
     def __init__(self, model: Any, schedule: str = "linear", **kwargs: Any) -> None:
         self.model = model
         self.ddpm_num_timesteps = int(model.num_timesteps)
-        self.schedule = schedule  # kept for CompVis compatibility; the model's own schedule is used
+        if schedule != "linear":
+            warnings.warn(f"DDIMSampler(schedule={schedule!r}) has no effect: the model's own noise schedule is "
+                          f"used (the argument is accepted for CompVis callers)", stacklevel=2)
+        self.schedule = schedule
         self._schedule_key: tuple | None = None
 
     def make_schedule(self, ddim_num_steps: int, ddim_discretize: str = "uniform", ddim_eta: float = 0.0,

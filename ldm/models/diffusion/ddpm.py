@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import types
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from ldm.modules.diffusionmodules.schedules import make_beta_schedule
 from ldm.modules.diffusionmodules.util import extract_into_tensor, mean_flat
-from ldm.modules.ema import LitEma
+from ldm.modules.ema import EMA_PREFIX, LitEma
 from ldm.util import ConfigError, default, instantiate_from_config, load_state_dict
 
 PARAMETERIZATIONS = ("eps", "x0")
@@ -79,8 +80,8 @@ class DiffusionWrapper(nn.Module):
 class DDPM(pl.LightningModule):
     """Gaussian diffusion (Ho et al., 2020) around a UNet; in pixel space unless subclassed.
 
-    Parameters are CompVis's (``clip_denoised`` is accepted for CompVis configs; the DDIM sampler
-    here does not clip x0_hat), plus: ``ema_decay`` (CompVis fixes 0.9999), ``log_ddim_steps`` (DDIM
+    Parameters are CompVis's (``clip_denoised`` is accepted for CompVis configs but has no effect:
+    the DDIM sampler here does not clip x0_hat, and a value given says so once), plus: ``ema_decay`` (CompVis fixes 0.9999), ``log_ddim_steps`` (DDIM
     steps of the samples in ``log_images``), ``compile_unet`` / ``compile_kwargs`` (run the UNet
     through ``torch.compile(**compile_kwargs)``; the state dict is unchanged).
     """
@@ -89,7 +90,7 @@ class DDPM(pl.LightningModule):
                  loss_type: str = "l2", ckpt_path: str | None = None, ignore_keys: Sequence[str] = (),
                  load_only_unet: bool = False, monitor: str | None = "val/loss", use_ema: bool = True,
                  first_stage_key: str = "mri", image_size: int | Sequence[int] = 256, channels: int = 3,
-                 log_every_t: int = 100, clip_denoised: bool = True, linear_start: float = 1e-4,
+                 log_every_t: int = 100, clip_denoised: bool | None = None, linear_start: float = 1e-4,
                  linear_end: float = 2e-2, cosine_s: float = 8e-3, given_betas: Sequence[float] | None = None,
                  original_elbo_weight: float = 0.0, v_posterior: float = 0.0, l_simple_weight: float = 1.0,
                  conditioning_key: str | None = None, parameterization: str = "eps",
@@ -104,7 +105,10 @@ class DDPM(pl.LightningModule):
         self.parameterization = parameterization
         self.loss_type = loss_type
         self.cond_stage_model: nn.Module | None = None
-        self.clip_denoised = clip_denoised
+        if clip_denoised is not None:
+            warnings.warn(f"{type(self).__name__}: clip_denoised={clip_denoised} has no effect here (the DDIM "
+                          f"sampler does not clip x0_hat); remove it from the config", stacklevel=2)
+        self.clip_denoised = bool(clip_denoised)
         self.log_every_t = log_every_t
         self.log_ddim_steps = int(log_ddim_steps)
         self.first_stage_key = first_stage_key
@@ -231,12 +235,12 @@ class DDPM(pl.LightningModule):
         if missing_unet:
             raise ConfigError(f"checkpoint {path!r} lacks {len(missing_unet)} UNet weights (e.g. {missing_unet[0]!r}): "
                               f"not a checkpoint of this model")
-        if self.use_ema and not only_model and not any(k.startswith("model_ema.") for k in sd):
+        if self.use_ema and not only_model and not any(k.startswith(EMA_PREFIX) for k in sd):
             self.model_ema.reset_to(self.model)
             rank_zero_warn(f"checkpoint {path!r} has no EMA weights: the EMA restarts from its weights")
-            missing = [k for k in missing if not k.startswith("model_ema.")]
+            missing = [k for k in missing if not k.startswith(EMA_PREFIX)]
         if not self.use_ema:
-            unexpected = [k for k in unexpected if not k.startswith("model_ema.")]
+            unexpected = [k for k in unexpected if not k.startswith(EMA_PREFIX)]
         rank_zero_info(f"Restored {type(self).__name__} from {path} with {len(missing)} missing and "
                        f"{len(unexpected)} unexpected keys")
         if missing or unexpected:
@@ -346,9 +350,9 @@ class DDPM(pl.LightningModule):
         """t ~ U{0, ..., T-1} for a batch."""
         return torch.randint(0, self.num_timesteps, (batch_size,), device=self.device, generator=generator)
 
-    def forward(self, x: torch.Tensor, /, *args: Any, t: torch.Tensor | None = None, **kwargs: Any):
-        t = default(t, lambda: self.sample_timesteps(x.shape[0]))
-        return self.p_losses(x, t, *args, **kwargs)
+    def forward(self, x_start: torch.Tensor, /, *args: Any, t: torch.Tensor | None = None, **kwargs: Any):
+        t = default(t, lambda: self.sample_timesteps(x_start.shape[0]))
+        return self.p_losses(x_start, t, *args, **kwargs)
 
     # ----------------------------------------------------------------------------- data
     def get_input(self, batch: Mapping[str, Any], k: str) -> torch.Tensor:
@@ -496,39 +500,25 @@ class LatentDiffusion(DDPM):
     ``log_ddim_steps`` is the number of DDIM steps of the samples in ``log_images``.
     """
 
-    def __init__(self, first_stage_config: Mapping, cond_stage_config: Mapping, unet_config: Mapping,
-                 cond_stage_key: str = "ctp", cond_stage_trainable: bool = False,
-                 conditioning_key: str | None = "concat",
-                 concat_mode: bool = True, num_timesteps_cond: int | None = None, scale_factor: float = 1.0,
+    def __init__(self, first_stage_config: Mapping, cond_stage_config: Mapping, cond_stage_key: str = "ctp",
+                 cond_stage_trainable: bool = False, conditioning_key: str | None = "concat",
+                 concat_mode: bool | None = None, num_timesteps_cond: int | None = None, scale_factor: float = 1.0,
                  scale_by_std: bool = False, ckpt_path: str | None = None, ignore_keys: Sequence[str] = (),
-                 load_only_unet: bool = False, timesteps: int = 1000, beta_schedule: str = "linear",
-                 loss_type: str = "l2", monitor: str | None = "val/loss", use_ema: bool = True,
-                 first_stage_key: str = "mri", image_size: int | Sequence[int] = (48, 56), channels: int = 3,
-                 log_every_t: int = 100, clip_denoised: bool = False, linear_start: float = 1e-4,
-                 linear_end: float = 2e-2, cosine_s: float = 8e-3, given_betas: Sequence[float] | None = None,
-                 original_elbo_weight: float = 0.0, v_posterior: float = 0.0, l_simple_weight: float = 1.0,
-                 parameterization: str = "eps", scheduler_config: Mapping | None = None, learn_logvar: bool = False,
-                 logvar_init: float = 0.0, ema_decay: float = 0.9999, log_ddim_steps: int = 20,
-                 compile_unet: bool = False, compile_kwargs: Mapping | None = None) -> None:
+                 load_only_unet: bool = False, image_size: int | Sequence[int] = (48, 56), **kwargs: Any) -> None:
+        """Its own parameters; every other (``unet_config``, the schedule, EMA, ...) is DDPM's, passed on."""
         if num_timesteps_cond not in (None, 1):
             raise ConfigError("num_timesteps_cond > 1 (a shortened conditioning schedule) is not supported")
         if conditioning_key is None:  # CompVis: concat_mode chooses when no key is given
-            conditioning_key = "concat" if concat_mode else "crossattn"
+            conditioning_key = "concat" if concat_mode in (None, True) else "crossattn"
+        elif concat_mode is not None:
+            warnings.warn(f"{type(self).__name__}: concat_mode={concat_mode} has no effect when conditioning_key "
+                          f"is given ({conditioning_key!r}); remove it from the config", stacklevel=2)
         if conditioning_key != "concat":
             raise ConfigError(f"conditioning_key {conditioning_key!r} is not supported: LatentDiffusion here "
                               f"conditions by channel concatenation ('concat')")
         if scale_by_std and scale_factor != 1.0:
             raise ConfigError(f"scale_by_std computes the scale factor; do not also set scale_factor ({scale_factor})")
-        super().__init__(unet_config=unet_config, timesteps=timesteps, beta_schedule=beta_schedule,
-                         loss_type=loss_type, ckpt_path=None, monitor=monitor, use_ema=use_ema,
-                         first_stage_key=first_stage_key, image_size=image_size, channels=channels,
-                         log_every_t=log_every_t, clip_denoised=clip_denoised, linear_start=linear_start,
-                         linear_end=linear_end, cosine_s=cosine_s, given_betas=given_betas,
-                         original_elbo_weight=original_elbo_weight, v_posterior=v_posterior,
-                         l_simple_weight=l_simple_weight, conditioning_key=conditioning_key,
-                         parameterization=parameterization, scheduler_config=scheduler_config,
-                         learn_logvar=learn_logvar, logvar_init=logvar_init, ema_decay=ema_decay,
-                         log_ddim_steps=log_ddim_steps, compile_unet=compile_unet, compile_kwargs=compile_kwargs)
+        super().__init__(ckpt_path=None, image_size=image_size, conditioning_key=conditioning_key, **kwargs)
         self.cond_stage_trainable = cond_stage_trainable
         self.cond_stage_key = cond_stage_key
         self.scale_by_std = scale_by_std
@@ -674,25 +664,32 @@ class LatentDiffusion(DDPM):
         self.check_condition(x_noisy, cond)
         return self._diffusion_model()(x_noisy, t, c_concat=[cond])
 
+    def latent_step(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor, noise: torch.Tensor
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """(L_latent (Eq. 4), its loss dict, z0_hat (Eq. 5)) from one prediction at (z_t, t): the
+        hook the post-training builds on (:mod:`ldm.models.diffusion.post_training`)."""
+        x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
+        model_output = self.apply_model(x_noisy, t, cond)
+        loss, loss_dict = self.latent_loss(model_output, x_start, noise, t)
+        return loss, loss_dict, self.predict_start(x_noisy, t, model_output)
+
     def p_losses(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor, noise: torch.Tensor | None = None,
                  **kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_latent at timesteps t (Eq. 4); extra keyword arguments are for subclasses and ignored here."""
         noise = default(noise, lambda: torch.randn_like(x_start))
-        x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
-        model_output = self.apply_model(x_noisy, t, cond)
-        return self.latent_loss(model_output, x_start, noise, t)
+        loss, loss_dict, _ = self.latent_step(x_start, cond, t, noise)
+        return loss, loss_dict
 
-    def forward(self, x: torch.Tensor, c: Any, /, *args: Any, t: torch.Tensor | None = None, **kwargs: Any):
-        """Loss at uniformly drawn (or given) timesteps; a trainable conditioning encoder runs here.
-
-        ``x`` and ``c`` are positional-only, so that loss keyword arguments may be named ``x``
-        (the MRI batch of the post-training)."""
-        t = default(t, lambda: self.sample_timesteps(x.shape[0]))
+    def forward(self, z: torch.Tensor, c: Any, /, *args: Any, t: torch.Tensor | None = None, **kwargs: Any):
+        """Loss of the latent ``z`` at uniformly drawn (or given) timesteps; a trainable conditioning
+        encoder runs here. ``z`` and ``c`` are positional-only, so that loss keyword arguments may be
+        named ``x`` (the MRI batch of the post-training, docs/conventions.md)."""
+        t = default(t, lambda: self.sample_timesteps(z.shape[0]))
         if c is None:
             raise ValueError("LatentDiffusion is conditional but no condition was given")
         if self.cond_stage_trainable:
             c = self.get_learned_conditioning(c)
-        return self.p_losses(x, c, t, *args, **kwargs)
+        return self.p_losses(z, c, t, *args, **kwargs)
 
     def shared_step(self, batch: Mapping[str, Any], **kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z, c = self.get_input(batch, self.first_stage_key)

@@ -184,33 +184,33 @@ class ImageSpaceObjective:
         with decoder_checkpointing(model.first_stage_model, self.decoder_checkpointing):
             return model.differentiable_decode_first_stage(z0_hat, force_not_quantize=not self.quantize)
 
-    def __call__(self, model: DecodesFirstStage, x0_hat_latent: torch.Tensor, x: torch.Tensor,
+    def __call__(self, model: DecodesFirstStage, z0_hat: torch.Tensor, x: torch.Tensor,
                  mask: torch.Tensor, lesion: torch.Tensor, t: torch.Tensor,
                  z_start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Return (L_image, L_lesion, extras) for a batch.
 
-        ``x0_hat_latent`` is the model's estimate of the clean scaled latent (Eq. 5), ``x`` the MRI
+        ``z0_hat`` is the model's estimate of the clean scaled latent (Eq. 5), ``x`` the MRI
         batch (B, 2, H, W) in [-1, 1], ``mask``/``lesion`` binary (B, 1, H, W), ``t`` the timesteps
-        (B,) at which x0_hat_latent was estimated. ``extras`` holds the decoded images ``x_hat`` and
+        (B,) at which z0_hat was estimated. ``extras`` holds the decoded images ``x_hat`` and
         their ``target`` (detached, only the slices that were decoded), their batch indices
         ``index``, the weights ``weight`` and the pixel counts ``n_brain``/``n_lesion``.
         """
         _check_maps(x, mask, lesion)
-        if x0_hat_latent.shape[0] != x.shape[0] or t.shape[0] != x.shape[0]:
-            raise ValueError(f"image-space loss: latent {tuple(x0_hat_latent.shape)}, timesteps {tuple(t.shape)} "
+        if z0_hat.shape[0] != x.shape[0] or t.shape[0] != x.shape[0]:
+            raise ValueError(f"image-space loss: latent {tuple(z0_hat.shape)}, timesteps {tuple(t.shape)} "
                              f"and images {tuple(x.shape)} disagree on the batch size")
         weight = self.timestep_weight(t, getattr(model, "alphas_cumprod", None))
         index = torch.arange(x.shape[0], device=x.device)
         if weight is not None:
             keep = weight > 0
             index, weight = index[keep], weight[keep]
-            x0_hat_latent, x, mask, lesion = x0_hat_latent[keep], x[keep], mask[keep], lesion[keep]
+            z0_hat, x, mask, lesion = z0_hat[keep], x[keep], mask[keep], lesion[keep]
             z_start = z_start[keep] if z_start is not None else None
         if index.numel() == 0:
             zero = torch.zeros((), device=x.device)
             return zero, zero.clone(), {"index": index, "weight": weight, "n_brain": zero, "n_lesion": zero}
         target = self.target(model, x, z_start)
-        x_hat = self.decode(model, x0_hat_latent)
+        x_hat = self.decode(model, z0_hat)
         loss_image, loss_lesion = image_space_losses(x_hat, target, mask, lesion, weight)
         extras = {"x_hat": x_hat.detach(), "target": target.detach(), "index": index, "weight": weight,
                   "n_brain": mask.sum().detach(), "n_lesion": lesion.sum().detach()}

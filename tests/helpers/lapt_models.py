@@ -1,7 +1,4 @@
-"""Tiny stage-2 / post-training models and batches shared by the LAPT tests (real classes, CPU-sized).
-
-A helper module (it holds no tests); named test_lapt_* to sit with the tests it serves.
-"""
+"""Tiny stage-2 / post-training models and batches shared by the LAPT tests (real classes, CPU-sized)."""
 from __future__ import annotations
 
 import copy
