@@ -5,7 +5,7 @@
 # "cLDM (continued)" (stage 3 with both image-space weights 0: same checkpoint, steps, data,
 # augmentation and seed), scored on the same patients with paired statistics.
 #
-#   make demo                                   # CPU, about 11 minutes on 2 cores (measured: 632 s)
+#   make demo                                   # CPU, about 15 minutes on 2 cores (measured: 882 s)
 #   DEMO_SCALE=20 DEMO_ACCELERATOR=gpu make demo    # every stage trains 20x longer (GPU; not yet measured)
 #
 # Knobs (environment): DEMO_OUT (folder, default demo_output), DEMO_SCALE (multiplies the training
