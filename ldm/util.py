@@ -97,7 +97,8 @@ def accepts_keyword(target: str | Any, name: str) -> bool:
 
 def _check_keywords(target: str, cls: Any, names: list[str]) -> None:
     """A params key the target does not take is a config typo: name it instead of a TypeError."""
-    unknown = [n for n in names if not accepts_keyword(cls, n)]
+    accepted = accepted_keywords(cls)
+    unknown = [] if accepted is None else [n for n in names if n not in accepted]
     if unknown:
         raise ConfigError(f"target {target!r} takes no parameter {unknown[0]!r}")
 

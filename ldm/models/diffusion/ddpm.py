@@ -81,7 +81,8 @@ class DDPM(pl.LightningModule):
     """Gaussian diffusion (Ho et al., 2020) around a UNet; in pixel space unless subclassed.
 
     Parameters are CompVis's (``clip_denoised`` is accepted for CompVis configs but has no effect:
-    the DDIM sampler here does not clip x0_hat, and a value given says so once), plus: ``ema_decay`` (CompVis fixes 0.9999), ``log_ddim_steps`` (DDIM
+    the DDIM sampler here does not clip x0_hat, and a value given says so once), plus:
+    ``ema_decay`` (CompVis fixes 0.9999), ``log_ddim_steps`` (DDIM
     steps of the samples in ``log_images``), ``compile_unet`` / ``compile_kwargs`` (run the UNet
     through ``torch.compile(**compile_kwargs)``; the state dict is unchanged).
     """
@@ -108,7 +109,6 @@ class DDPM(pl.LightningModule):
         if clip_denoised is not None:
             warnings.warn(f"{type(self).__name__}: clip_denoised={clip_denoised} has no effect here (the DDIM "
                           f"sampler does not clip x0_hat); remove it from the config", stacklevel=2)
-        self.clip_denoised = bool(clip_denoised)
         self.log_every_t = log_every_t
         self.log_ddim_steps = int(log_ddim_steps)
         self.first_stage_key = first_stage_key
