@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shlex
 import subprocess
@@ -45,6 +46,7 @@ if str(ROOT) not in sys.path:
 from ldm.config import split_overrides  # noqa: E402
 from ldm.data.record import MODALITIES  # noqa: E402
 from ldm.io import atomic_write_json, atomic_write_text  # noqa: E402
+from ldm.samplers import SAMPLERS  # noqa: E402
 
 EXIT_USER_ERROR = 2
 DEFAULT_CONFIG = "configs/latent-diffusion/ldm_lapt.yaml"
@@ -138,7 +140,8 @@ def train_command(opt: argparse.Namespace, run: SweepRun, resume_dir: Path | Non
 
 def sample_command(opt: argparse.Namespace, run_dir: str | Path, out: Path) -> list[str]:
     return [opt.python, script("scripts/sample_LDM.py"), "-r", str(run_dir), "--data", str(opt.data),
-            "--outdir", str(out), "--steps", str(opt.steps), "--seed", str(opt.seed), *opt.sample_args]
+            "--outdir", str(out), "--sampler", opt.sampler, "--steps", str(opt.steps), "--seed", str(opt.seed),
+            *opt.sample_args]
 
 
 def evaluate_command(opt: argparse.Namespace, run: SweepRun, pred: Path, out: Path) -> list[str]:
@@ -209,6 +212,11 @@ def train(opt: argparse.Namespace, run: SweepRun, dry_run: bool) -> None:
 def sample(opt: argparse.Namespace, run: SweepRun, dry_run: bool) -> None:
     out = sample_dir(opt, run)
     if not opt.rerun and (out / SAMPLE_DONE).is_file():
+        done = json.loads((out / SAMPLE_DONE).read_text())
+        before = (done.get("sampler", "ddim"), done.get("steps"))
+        if before != (opt.sampler, opt.steps):
+            raise SweepError(f"{out} was sampled with {before[0]} {before[1]} steps, now {opt.sampler} {opt.steps}: "
+                             f"give another --outdir (scores of the two would mix in one table)")
         print(f"[sweep] {run.name}: sampling finished before ({out}): skipped")
         return
     cmd = sample_command(opt, run.run_dir, out)
@@ -216,7 +224,8 @@ def sample(opt: argparse.Namespace, run: SweepRun, dry_run: bool) -> None:
         print(_show(cmd))
         return
     _execute(cmd, f"{run.name}: sampling")
-    atomic_write_json(out / SAMPLE_DONE, {"run_dir": str(run.run_dir), "steps": opt.steps, "command": cmd})
+    atomic_write_json(out / SAMPLE_DONE, {"run_dir": str(run.run_dir), "sampler": opt.sampler, "steps": opt.steps,
+                                          "command": cmd})
 
 
 def evaluate(opt: argparse.Namespace, run: SweepRun, dry_run: bool) -> None:
@@ -336,7 +345,7 @@ def write_tables(opt: argparse.Namespace, runs: Sequence[SweepRun]) -> tuple[Pat
     out = Path(opt.outdir)
     csv_path, md_path = out / "table2.csv", out / "table2.md"
     atomic_write_text(csv_path, "\n".join(lines) + "\n")
-    notes = [f"- {opt.steps} DDIM steps; samples under {out / 'samples'}; per-run scores under {out / 'eval'} "
+    notes = [f"- {opt.sampler} with {opt.steps} steps; samples under {out / 'samples'}; per-run scores under {out / 'eval'} "
              f"(see each table1.md there for what was scored and left out). MAE and PSNR over the brain mask, "
              f"lesion MAE pooled over all lesion voxels (evaluate.py's defaults)."]
     if any(r["dwi_fid"] is None for r in records):
@@ -359,7 +368,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="stage-2 run directory (or checkpoint): sampled and scored as the (0, 0) row")
     p.add_argument("--data", default=None, help="data to sample (passed to sample_LDM.py --data)")
     p.add_argument("--gt", default=None, help="raw ground-truth cohort folder (passed to evaluate.py --gt)")
-    p.add_argument("--steps", type=int, default=200, help="DDIM steps for sampling (paper: 200)")
+    p.add_argument("--sampler", default="ddim", choices=tuple(SAMPLERS),
+                   help="sampler (passed to sample_LDM.py; the paper: DDIM)")
+    p.add_argument("--steps", type=int, default=200, help="sampler steps (paper: 200 DDIM steps)")
     p.add_argument("--seed", type=int, default=23, help="seed for training and sampling")
     p.add_argument("--inception_weights", default=None, help="passed to evaluate.py for FID")
     p.add_argument("--sample-arg", dest="sample_args", action="append", default=[], metavar="ARG",

@@ -1,7 +1,7 @@
 """Synthesise DWI and ADC volumes from CT perfusion with a trained (post-trained) latent diffusion model.
 
     python scripts/sample_LDM.py -r logs/<run> --data data/preprocessed/test --n_samples 1 \\
-        --batch_size 48 --steps 200 [--outdir OUT] [key=value ...]
+        --batch_size 48 [--sampler ddim|dpmsolver++] --steps 200 [--outdir OUT] [key=value ...]
 
 ``-r`` is a run directory (configs from ``<run>/configs/*.yaml``, weights from
 ``<run>/checkpoints/last.ckpt``) or a checkpoint file. ``--data`` is a preprocessed split or a raw
@@ -13,9 +13,10 @@ spacing, size or frame count than the run's is refused. For every patient it wri
 geometry (same shape and affine as the source volumes, physical units, zero outside the brain
 mask), atomically, skipping samples that already exist (a second run resumes). EMA weights are used
 when the checkpoint has them. Each slice's initial noise is seeded by (seed, patient, k, slice),
-so with ``--eta 0`` (deterministic DDIM) the volumes do not depend on --batch_size (up to float32
-rounding: kernels sum in a batch-size dependent order, ~1e-6 relative); with eta > 0
-DDIM's per-step noise is seeded per batch: reproducible for the same --batch_size only.
+and so is the per-step noise of eta > 0, so the volumes do not depend on --batch_size (up to
+float32 rounding: kernels sum in a batch-size dependent order, ~1e-6 relative). ``--sampler``
+chooses DDIM (the paper's, 200 steps) or DPM-Solver++(2M) (deterministic; quality against time
+in README "Samplers"); a Brownian bridge model uses its bridge sampler.
 Mistakes on the command line or in configs end with one line and exit code 2.
 
 ``--summary`` (with ``--n_samples`` K >= 2) also writes per patient ``{dwi,adc}_mean.nii.gz`` and
@@ -32,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ldm.precision import PRECISIONS  # noqa: E402
+from ldm.samplers import SAMPLERS  # noqa: E402
 
 EXIT_USER_ERROR = 2
 
@@ -60,12 +62,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", nargs="+", default=None, help="sample only these patients")
     p.add_argument("-n", "--n_samples", type=int, default=1, help="samples per patient")
     p.add_argument("--batch_size", type=int, default=48, help="slices per batch")
-    p.add_argument("--steps", type=int, default=200, help="DDIM steps (the paper uses 200)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    p.add_argument("--sampler", default=None, choices=tuple(SAMPLERS),
+                   help="sampler (default: the model config's `sampler`, DDIM for the cLDM; docs/sampling.md)")
+    p.add_argument("--steps", type=int, default=200, help="sampler steps = denoiser evaluations (the paper: 200 DDIM)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM / bridge eta (0: deterministic; DPM-Solver++ takes 0 only)")
     p.add_argument("--initial_noise", choices=("zero_mean", "gaussian"), default="zero_mean",
                    help="x_T with its spatial mean removed per channel (the brightness of a sample no longer "
                         "follows the mean of the drawn noise; docs/sampling.md), or as drawn (CompVis, reference)")
-    p.add_argument("--outdir", default=None, help="output folder (default: <run>/samples/<steps>)")
+    p.add_argument("--outdir", default=None,
+                   help="output folder (default: <run>/samples/<steps> for DDIM, <run>/samples/<sampler>_<steps> else)")
     p.add_argument("-s", "--seed", type=int, default=23, help="seed of the per-slice initial noise")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--precision", default="32", choices=PRECISIONS,

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ldm.models.diffusion.bbdm import LatentBrownianBridge
-from ldm.models.diffusion.bridge_sampler import BridgeSampler
+from ldm.inference.slice_sampler import make_slice_sampler
+from ldm.samplers.bridge import BridgeSampler
 from ldm.util import ConfigError
 from tests.helpers.bridge_models import IMAGE, LATENT, T, tiny_batch, tiny_bridge, tiny_bridge_params  # noqa: F401
 
@@ -190,8 +191,9 @@ def test_slice_sampler_for_sample_LDM_is_independent_of_the_batching():
                                 for i in indices])
         return noise
 
-    sampler = model.make_slice_sampler(steps=4, eta=1.0)
-    assert sampler.steps == 4 and model.make_slice_sampler().eta == model.sample_eta
+    sampler = make_slice_sampler(model, steps=4, eta=1.0)
+    assert sampler.steps == 4 and sampler.name == "bridge"
+    assert make_slice_sampler(model, steps=4, eta=None).eta == model.sample_eta
     together = sampler(ctp, noise_for([0, 1, 2]))
     alone = sampler(ctp[2:], noise_for([2]))
     assert together.shape == (3, 2, IMAGE, IMAGE) and together.abs().max() <= 1
@@ -202,4 +204,4 @@ def test_slice_sampler_for_sample_LDM_is_independent_of_the_batching():
     latents, _ = BridgeSampler(model).sample(4, 1, None, c, eta=1.0, step_noise=step_noise, verbose=False)
     torch.testing.assert_close(model.decode_first_stage(latents).clamp(-1, 1), alone)
     with pytest.raises(ValueError, match="1..20"):
-        model.make_slice_sampler(steps=21)
+        make_slice_sampler(model, steps=21, eta=None)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ldm.models.diffusion.bbdm import predict_start_from_objective
-from ldm.models.diffusion.bridge_sampler import BridgeSampler, bridge_step, make_bridge_timesteps
+from ldm.samplers.bridge import BridgeSampler, bridge_step, make_bridge_timesteps
 from ldm.models.diffusion.bridge_schedule import make_bridge_schedule
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldm.models.diffusion.ddim import DDIMSampler
+from ldm.samplers.ddim import DDIMSampler
 
 SHAPE = (2, 3, 4)
 

@@ -188,7 +188,7 @@ def test_bf16_autocast_of_lightnings_precision_is_close_to_float32(reference_sta
 
 
 def test_sampling_in_bf16_is_close_to_float32(reference_state):
-    from ldm.inference.slice_sampler import DDIMSliceSampler, make_slice_sampler
+    from ldm.inference.slice_sampler import SliceSampler, make_slice_sampler
 
     model = build_ldm(_config([]))
     model.load_state_dict(reference_state)
@@ -199,7 +199,7 @@ def test_sampling_in_bf16_is_close_to_float32(reference_state):
     def noise(shape):
         return x_T.clone()
 
-    reference = DDIMSliceSampler(model, steps=4)(ctp, noise)
+    reference = SliceSampler(model, steps=4)(ctp, noise)
     fast_sampler = make_slice_sampler(model, steps=4, eta=0.0, precision="bf16-mixed")
     dtypes = {"unet": [], "decoder": []}
     hooks = [module.register_forward_hook(lambda mod, args, out, key=key: dtypes[key].append(out.dtype))
@@ -211,7 +211,7 @@ def test_sampling_in_bf16_is_close_to_float32(reference_state):
     assert len(dtypes["unet"]) == 4 and all(d == torch.bfloat16 for d in dtypes["unet"])
     assert dtypes["decoder"] == [torch.bfloat16]
     assert fast.dtype == torch.float32
-    assert make_slice_sampler(model, steps=4, eta=0.0).__class__ is DDIMSliceSampler  # float32: no wrapper
+    assert make_slice_sampler(model, steps=4, eta=0.0).__class__ is SliceSampler  # float32: no wrapper
     with pytest.raises(ValueError, match="precision"):
         make_slice_sampler(model, steps=4, eta=0.0, precision="16-mixed")
     # bf16 keeps ~3 significant digits: on images in [-1, 1] (measured with plain autocast here:

@@ -7,8 +7,8 @@ of x_T into a mean error of the sample amplified by 1 / sqrt(abar_t).
 import numpy as np
 import torch
 
-from ldm.inference.slice_sampler import DDIMSliceSampler
-from ldm.models.diffusion.ddim import DDIMSampler
+from ldm.inference.slice_sampler import SliceSampler
+from ldm.samplers.ddim import DDIMSampler
 from ldm.modules.diffusionmodules.schedules import make_beta_schedule
 from ldm.modules.diffusionmodules.util import zero_mean_per_channel
 
@@ -51,8 +51,8 @@ def test_a_mean_blind_eps_model_amplifies_the_noise_mean_and_zero_mean_noise_rem
     offset = torch.tensor([0.05, -0.03]).view(2, 1, 1, 1)
     x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     x_T = x_T - x_T.mean(dim=(-2, -1), keepdim=True) + offset
-    gaussian = DDIMSliceSampler(model, steps=20, initial_noise="gaussian")(ctp, lambda shape: x_T.clone())
-    zero_mean = DDIMSliceSampler(model, steps=20, initial_noise="zero_mean")(ctp, lambda shape: x_T.clone())
+    gaussian = SliceSampler(model, steps=20, initial_noise="gaussian")(ctp, lambda shape: x_T.clone())
+    zero_mean = SliceSampler(model, steps=20, initial_noise="zero_mean")(ctp, lambda shape: x_T.clone())
     # the decoded sample is clamped to [-1, 1]: the mean of x_T drove it far out (about offset / sqrt(abar))
     means = gaussian.mean(dim=(-2, -1))
     assert (means[0] > 0.9).all() and (means[1] < -0.9).all()
@@ -65,7 +65,7 @@ def test_gaussian_initial_noise_is_ddim_on_x_t_as_drawn():
     model = MeanBlindModel()
     ctp = torch.zeros(1, 3, 8, 8)
     x_T = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)) + 0.01
-    ours = DDIMSliceSampler(model, steps=10, initial_noise="gaussian")(ctp, lambda shape: x_T.clone())
+    ours = SliceSampler(model, steps=10, initial_noise="gaussian")(ctp, lambda shape: x_T.clone())
     latents, _ = DDIMSampler(model).sample(S=10, batch_size=1, shape=(3, 8, 8), conditioning=ctp, eta=0.0,
                                            x_T=x_T.clone(), verbose=False)
     torch.testing.assert_close(ours, latents.clamp(-1, 1))

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ldm.models.diffusion.ddim import DDIMSampler
+from ldm.samplers.ddim import DDIMSampler
 from ldm.util import ConfigError
 from tests.helpers.lapt_models import build, lapt_config, make_batch, save_stage2_checkpoint
 

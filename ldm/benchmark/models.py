@@ -2,7 +2,8 @@
 
 A benchmark config (``configs/benchmark/*.yaml``) has four sections:
 
-- ``benchmark``: ``batch_size``, ``image_size`` [H, W], ``sample_steps``, ``repeats``, ``warmup``,
+- ``benchmark``: ``batch_size``, ``image_size`` [H, W], ``sample_steps`` and ``samplers`` (each timed at
+  those steps, decode included), ``repeats``, ``warmup``,
   ``precision``, ``cudnn_benchmark`` (as the training configs' ``lightning.trainer.benchmark``), the
   figures the targets refer to (``test_set_slices``, ``paper_sample_steps``) and ``targets``;
 - ``vqgan``: a stage-1 model node (``base_learning_rate``, ``target``, ``params``) whose loss has a
@@ -28,7 +29,7 @@ SECTIONS = ("benchmark", "vqgan", "ldm", "lapt")
 BENCHMARK_DEFAULTS: dict[str, Any] = {
     "batch_size": 4, "image_size": [96, 112], "sample_steps": 20, "sample_batch_size": None, "repeats": 5,
     "warmup": 2, "precision": "32", "lesion_fraction": 0.5, "test_set_slices": 4015, "paper_sample_steps": 200,
-    "cudnn_benchmark": True,
+    "cudnn_benchmark": True, "samplers": ["ddim", "dpmsolver++"],
 }
 
 

@@ -61,6 +61,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"sampling: {s['slices_per_s']:.3f} slices/s at {s['steps']} DDIM steps (batch {s['batch_size']}, "
                      f"decode {_ms(s['decode_median_s'])} ms per batch); projected {p['slices']} slices at "
                      f"{p['steps']} steps: {p['test_set_minutes']:.1f} min")
+        for name, b in s.get("by_sampler", {}).items():
+            lines.append(f"  {name}: {b['slices_per_s']:.3f} slices/s at {b['steps']} steps, decode included "
+                         f"({_ms(b['median_s'])} ms per batch of {s['batch_size']})")
     if "flops" in results:
         f = results["flops"]
         lines.append(f"UNet {f['unet_params'] / 1e6:.2f} M parameters, {f['unet_forward_gflop_per_slice']:.2f} GFLOP "

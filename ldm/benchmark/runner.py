@@ -178,13 +178,23 @@ class BenchmarkRun:
         return result
 
     def sampling(self, model: torch.nn.Module) -> dict[str, Any]:
-        """DDIM throughput including decoding, and the decode alone (for the projection to S steps)."""
+        """DDIM throughput including decoding, and the decode alone (for the projection to S steps);
+        then the same for every other sampler of ``benchmark.samplers`` (``by_sampler``)."""
         n = self.sample_batch_size
         batch = self._batch(n)
         steps = self.sample_steps
-        result = {"batch_size": n, "steps": steps,
+        result = {"batch_size": n, "steps": steps, "sampler": "ddim",
                   **self._measure("sample", sampling_step(model, batch["ctp"], steps, self.precision))}
         result["slices_per_s"] = n / result["median_s"]
+        result["by_sampler"] = {"ddim": {"steps": steps, "median_s": result["median_s"],
+                                         "slices_per_s": result["slices_per_s"]}}
+        for name in self.config.benchmark.samplers:
+            if name == "ddim":
+                continue
+            other = self._measure(f"sample {name}", sampling_step(model, batch["ctp"], steps, self.precision,
+                                                                  sampler=name))
+            result["by_sampler"][name] = {"steps": steps, "median_s": other["median_s"],
+                                          "slices_per_s": n / other["median_s"]}
         h, w = self.latent_size
         z = torch.randn(n, int(model.channels), h, w, device=self.device)
 

@@ -13,7 +13,7 @@ as ``toggle_optimizer`` does, then the discriminator loss and its Adam step. Its
 cannot run without a Trainer (``self.optimizers()``, ``manual_backward``, ``self.log``).
 
 Sampling is the production path of ``scripts/sample_LDM.py``:
-:func:`ldm.inference.slice_sampler.make_slice_sampler` (conditioning, DDIM, decoding, clamp).
+:func:`ldm.inference.slice_sampler.make_slice_sampler` (conditioning, the sampler, decoding, clamp).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ldm.inference.slice_sampler import make_slice_sampler
 from ldm.precision import precision_context
 
 
@@ -152,15 +153,14 @@ def vqgan_training_step(model: Any, optimizers: Sequence[torch.optim.Optimizer],
 
 
 def sampling_step(model: Any, ctp: torch.Tensor, steps: int, precision: str = "32",
-                  eta: float = 0.0) -> Callable[[], torch.Tensor]:
-    """Synthesise [DWI, ADC] for a batch of CTP slices: conditioning, ``steps`` DDIM steps, decoding.
+                  eta: float = 0.0, sampler: str = "ddim") -> Callable[[], torch.Tensor]:
+    """Synthesise [DWI, ADC] for a batch of CTP slices: conditioning, ``steps`` steps of ``sampler``,
+    decoding.
 
     This is ``scripts/sample_LDM.py``'s per-batch work (its slice sampler at ``--precision``, EMA
     weights swapped in once per run and so left out here).
     """
-    from ldm.inference.slice_sampler import make_slice_sampler
-
-    sampler = make_slice_sampler(model, steps=steps, eta=eta, precision=precision)
+    sampler = make_slice_sampler(model, steps=steps, eta=eta, precision=precision, sampler=sampler)
     device = model.device
     model.eval()
 

@@ -26,11 +26,14 @@ def check_settings(outdir: Path, settings: dict) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text())
-    keys = ["checkpoint", "steps", "eta", "seed", "overrides", "precision", "initial_noise"]
+    keys = ["checkpoint", "sampler", "steps", "eta", "seed", "overrides", "precision", "initial_noise"]
     if settings["eta"] > 0:
-        keys.append("batch_size")
+        keys.append("step_noise")
     old.setdefault("precision", "32")  # folders sampled before the setting existed ran in float32
     old.setdefault("initial_noise", "gaussian")  # ... and from x_T as drawn
+    if "sampler" not in old and settings.get("sampler") in ("ddim", "bridge"):
+        old["sampler"] = settings["sampler"]  # ... with the only sampler of its model family
+    old.setdefault("step_noise", "per_batch")  # ... and DDIM drew its eta > 0 noise per batch
     differ = [k for k in keys if old.get(k) != settings.get(k)]
     if differ:
         k = differ[0]
@@ -50,6 +53,21 @@ def check_input_size(records: dict, size: tuple[int, int] | None, data_root: Pat
                           f"preprocess the data at that size")
 
 
+def default_sampler(config) -> str:
+    """The sampler of a model config that names none: the default of the model class's ``sampler``
+    parameter (the first ``__init__`` in its MRO that has one: the bridge's for a Brownian bridge)."""
+    import inspect
+
+    from ldm.util import get_obj_from_str
+
+    for cls in inspect.getmro(get_obj_from_str(config.model.target)):
+        init = cls.__dict__.get("__init__")
+        parameter = inspect.signature(init).parameters.get("sampler") if init is not None else None
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    return "ddim"
+
+
 def sample_run(opt: argparse.Namespace, overrides: list[str]) -> int:
     """Sample ``opt.resume`` over ``opt.data`` (the options of scripts/sample_LDM.py); returns 0."""
     import torch
@@ -63,6 +81,7 @@ def sample_run(opt: argparse.Namespace, overrides: list[str]) -> int:
     from ldm.inference.slice_sampler import make_slice_sampler
     from ldm.inference.volume_sampler import sample_cohort
     from ldm.io import atomic_write_json
+    from ldm.samplers import sampler_name
     from ldm.util import ConfigError
 
     start = time.time()
@@ -79,6 +98,8 @@ def sample_run(opt: argparse.Namespace, overrides: list[str]) -> int:
         check_summary_options(opt.n_samples, opt.adc_core_threshold, opt.min_cluster_ml)
     run_files = resolve_run(opt.resume, opt.base)
     config = load_run_config(run_files, overrides)
+    sampler = opt.sampler or config.model.get("params", {}).get("sampler") or default_sampler(config)
+    name = sampler_name(sampler)  # an unknown name fails here, before the model loads
     data = opt.data or configured_data_root(config, ("test", "validation"))
     if not data:
         raise ConfigError("no --data given and the run's config names no test or validation data_root")
@@ -97,15 +118,16 @@ def sample_run(opt: argparse.Namespace, overrides: list[str]) -> int:
             contract = None
     if opt.outdir:
         outdir = Path(opt.outdir)
-    elif run_files.logdir is not None:
-        outdir = run_files.logdir / "samples" / str(opt.steps)
+    elif run_files.logdir is not None:  # DDIM's folder keeps the name it had before there were other samplers
+        outdir = run_files.logdir / "samples" / (str(opt.steps) if name == "ddim" else f"{name}_{opt.steps}")
     else:
         raise ConfigError("give --outdir")
     blocking = next((p for p in (outdir, *outdir.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise ConfigError(f"--outdir {str(outdir)!r}: {str(blocking)!r} is a file, not a folder")
     settings = {"checkpoint": str(run_files.checkpoint.resolve()), "configs": [str(c) for c in run_files.configs],
-                "overrides": list(overrides), "data": str(data), "steps": opt.steps, "eta": opt.eta,
+                "overrides": list(overrides), "data": str(data), "sampler": name, "steps": opt.steps, "eta": opt.eta,
+                "step_noise": "per_slice",
                 "seed": opt.seed, "n_samples": opt.n_samples, "batch_size": opt.batch_size,
                 "precision": opt.precision, "initial_noise": opt.initial_noise}
     check_settings(outdir, settings)
@@ -113,10 +135,10 @@ def sample_run(opt: argparse.Namespace, overrides: list[str]) -> int:
     device = choose_device(opt.device)
     model = load_model(config, run_files.checkpoint, device)
     try:
-        sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta, precision=opt.precision,
-                                     initial_noise=opt.initial_noise)
+        slice_sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta, precision=opt.precision,
+                                           initial_noise=opt.initial_noise, sampler=sampler)
     except ValueError as e:  # e.g. more steps than the model's T
-        raise ConfigError(f"--steps {opt.steps} / --eta {opt.eta}: {e}") from e
+        raise ConfigError(f"--sampler {name} --steps {opt.steps} --eta {opt.eta}: {e}") from e
     ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
     print(f"model {config.model.target} from {run_files.checkpoint} ({ema} weights) on {device}")
     model_size = model_input_size(config)
@@ -145,11 +167,11 @@ def sample_run(opt: argparse.Namespace, overrides: list[str]) -> int:
             print(f"{len(ctp_only)} CTP-only patient(s): DWI/ADC scale from the cohort reference "
                   f"({reference.source or 'reference.json'})")
         print(f"sampling {len(opt.patients or records)} patient(s) of {data}: {opt.n_samples} sample(s), "
-              f"{opt.steps} DDIM steps, eta {opt.eta}, batch {opt.batch_size}, precision {opt.precision} -> {outdir}")
+              f"{name} with {opt.steps} steps, eta {opt.eta}, batch {opt.batch_size}, precision {opt.precision} -> {outdir}")
         outdir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(outdir / SETTINGS_FILE, settings)
         with torch.inference_mode():
-            report = sample_cohort(sampler, data_root, outdir, records, n_samples=opt.n_samples,
+            report = sample_cohort(slice_sampler, data_root, outdir, records, n_samples=opt.n_samples,
                                    batch_size=opt.batch_size, seed=opt.seed, patients=opt.patients,
                                    reference=reference, progress=not opt.no_progress)
         if opt.summary:

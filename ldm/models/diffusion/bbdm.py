@@ -97,7 +97,8 @@ class LatentBrownianBridge(LatentDiffusion):
                  monitor: str | None = "val/loss", use_ema: bool = True, first_stage_key: str = "mri",
                  image_size: int | Sequence[int] = (48, 56), channels: int = 3, log_every_t: int = 100,
                  scheduler_config: Mapping | None = None, ema_decay: float = 0.9999, log_ddim_steps: int = 20,
-                 compile_unet: bool = False, compile_kwargs: Mapping | None = None) -> None:
+                 compile_unet: bool = False, compile_kwargs: Mapping | None = None,
+                 sampler: str | Mapping = "bridge") -> None:
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective {objective!r} is not one of {OBJECTIVES}")
         if source_loss_weight < 0:
@@ -116,7 +117,8 @@ class LatentBrownianBridge(LatentDiffusion):
                          timesteps=timesteps, loss_type=loss_type, monitor=monitor, use_ema=use_ema,
                          first_stage_key=first_stage_key, image_size=image_size, channels=channels,
                          log_every_t=log_every_t, scheduler_config=scheduler_config, ema_decay=ema_decay,
-                         log_ddim_steps=log_ddim_steps, compile_unet=compile_unet, compile_kwargs=compile_kwargs)
+                         log_ddim_steps=log_ddim_steps, compile_unet=compile_unet, compile_kwargs=compile_kwargs,
+                         sampler=sampler)
         self.objective = objective
         self.parameterization = objective  # DDPM's eps/x0 switch does not apply to the bridge
         self.concat_condition = bool(concat_condition)
@@ -266,32 +268,22 @@ class LatentBrownianBridge(LatentDiffusion):
         the chain (default: the source y; never Gaussian noise for a bridge); ``generator`` draws the
         per-step noise. Uses the weights in place: wrap in ``ema_scope()`` for the EMA weights.
         """
-        from ldm.models.diffusion.bridge_sampler import BridgeSampler
-
         cond = cond[0] if isinstance(cond, (list, tuple)) and len(cond) == 1 else cond
-        latents, _ = BridgeSampler(self).sample(
+        latents, _ = self.latent_sampler().sample(
             S=default(steps, self.sample_steps), batch_size=cond.shape[0], shape=shape, conditioning=cond,
             eta=default(eta, self.sample_eta), x_T=x_T, verbose=verbose, log_every_t=self.log_every_t,
             noise_generator=generator)
         return latents
 
-    def make_slice_sampler(self, steps: int | None = None, eta: float | None = None):
-        """The CTP-slices -> images sampler that ``scripts/sample_LDM.py`` (ldm.inference) drives;
-        steps/eta default to ``sample_steps``/``sample_eta``."""
-        from ldm.models.diffusion.bridge_sampler import BridgeSliceSampler
-
-        return BridgeSliceSampler(self, steps=steps, eta=eta)
-
     @torch.no_grad()
     def sample_log(self, cond: torch.Tensor, batch_size: int, ddim: bool = True, ddim_steps: int | None = None,
                    eta: float | None = None, x_T: torch.Tensor | None = None, verbose: bool = False,
                    return_intermediates: bool = True, **kwargs: Any):
-        """CompVis-named entry point: the bridge sampler (``ddim``/``ddim_steps`` name the skipped schedule)."""
-        from ldm.models.diffusion.bridge_sampler import BridgeSampler
-
+        """CompVis-named entry point: the configured (bridge) sampler (``ddim``/``ddim_steps`` name the
+        skipped schedule)."""
         if cond.shape[0] != batch_size:
             raise ValueError(f"batch_size {batch_size} differs from the conditioning's batch {cond.shape[0]}")
-        samples, intermediates = BridgeSampler(self).sample(
+        samples, intermediates = self.latent_sampler().sample(
             S=default(ddim_steps, self.sample_steps), batch_size=batch_size, shape=None, conditioning=cond,
             eta=default(eta, self.sample_eta), x_T=x_T, verbose=verbose, log_every_t=self.log_every_t, **kwargs)
         return (samples, intermediates) if return_intermediates else samples

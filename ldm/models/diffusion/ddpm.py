@@ -10,7 +10,7 @@ Names, config parameters and state-dict keys are CompVis's (``model.diffusion_mo
 CompVis-trained checkpoints of the same architecture load. Left out on purpose: cross-attention,
 hybrid and class conditioning, classifier-free guidance, patch-wise first-stage processing,
 inpainting/super-resolution/progressive-denoising logs. The schedules, the EMA, the rescaler and
-the DDIM sampler live in their own modules.
+the samplers live in their own modules (the samplers in ldm.samplers).
 
 Hooks that subclasses (lesion-aware post-training, :mod:`ldm.models.diffusion.lapt`) build on:
 ``get_loss_kwargs(batch)`` feeds extra batch entries into ``p_losses``; ``p_losses`` is
@@ -35,6 +35,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from ldm.modules.diffusionmodules.schedules import make_beta_schedule
 from ldm.modules.diffusionmodules.util import extract_into_tensor, mean_flat
 from ldm.modules.ema import EMA_PREFIX, LitEma
+from ldm.samplers import make_sampler, sampler_name
 from ldm.util import ConfigError, default, instantiate_from_config, load_state_dict
 
 PARAMETERIZATIONS = ("eps", "x0")
@@ -82,8 +83,10 @@ class DDPM(pl.LightningModule):
 
     Parameters are CompVis's (``clip_denoised`` is accepted for CompVis configs but has no effect:
     the DDIM sampler here does not clip x0_hat, and a value given says so once), plus:
-    ``ema_decay`` (CompVis fixes 0.9999), ``log_ddim_steps`` (DDIM
-    steps of the samples in ``log_images``), ``compile_unet`` / ``compile_kwargs`` (run the UNet
+    ``ema_decay`` (CompVis fixes 0.9999), ``sampler`` (the sampler of ``log_images``, ``sample_log``
+    and the post-training's validation lesion MAE: a name of :data:`ldm.samplers.SAMPLERS` or a
+    ``{target, params}`` node; ``scripts/sample_LDM.py`` uses it unless ``--sampler`` is given),
+    ``log_ddim_steps`` (its steps for the samples in ``log_images``), ``compile_unet`` / ``compile_kwargs`` (run the UNet
     through ``torch.compile(**compile_kwargs)``; the state dict is unchanged).
     """
 
@@ -97,7 +100,7 @@ class DDPM(pl.LightningModule):
                  conditioning_key: str | None = None, parameterization: str = "eps",
                  scheduler_config: Mapping | None = None, learn_logvar: bool = False, logvar_init: float = 0.0,
                  ema_decay: float = 0.9999, log_ddim_steps: int = 20, compile_unet: bool = False,
-                 compile_kwargs: Mapping | None = None) -> None:
+                 compile_kwargs: Mapping | None = None, sampler: str | Mapping = "ddim") -> None:
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ConfigError(f"parameterization {parameterization!r} is not one of {PARAMETERIZATIONS}")
@@ -129,6 +132,8 @@ class DDPM(pl.LightningModule):
         self.learning_rate: float | None = None  # main.py sets it from model.base_learning_rate
         self.register_schedule(given_betas=given_betas, beta_schedule=beta_schedule, timesteps=timesteps,
                                linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)
+        self.sampler_spec = sampler
+        self.latent_sampler()  # a sampler that cannot sample this model fails here, with the reason
         self.learn_logvar = learn_logvar
         logvar = torch.full((self.num_timesteps,), float(logvar_init))
         if learn_logvar:
@@ -456,6 +461,14 @@ class DDPM(pl.LightningModule):
         return [opt], [{"scheduler": LambdaLR(opt, lr_lambda=lr_lambda), "interval": "step", "frequency": 1}]
 
     # ----------------------------------------------------------------------------- sampling and logging
+    def latent_sampler(self, spec: str | Mapping | None = None) -> Any:
+        """The configured sampler (``sampler``), or the one ``spec`` names, around this model."""
+        return make_sampler(self.sampler_spec if spec is None else spec, self)
+
+    @property
+    def sampler_name(self) -> str:
+        return sampler_name(self.sampler_spec)
+
     def sample_shape(self) -> tuple[int, int, int]:
         size = self.image_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -465,10 +478,8 @@ class DDPM(pl.LightningModule):
     def sample(self, batch_size: int = 16, return_intermediates: bool = False, x_T: torch.Tensor | None = None,
                verbose: bool = True):
         """Ancestral sampling: DDIM over all T timesteps with eta = 1, which is exactly the DDPM
-        chain (without CompVis's clipping of x0_hat to [-1, 1])."""
-        from ldm.models.diffusion.ddim import DDIMSampler
-
-        samples, intermediates = DDIMSampler(self).sample(
+        chain (without CompVis's clipping of x0_hat to [-1, 1]), whatever sampler is configured."""
+        samples, intermediates = self.latent_sampler("ddim").sample(
             S=self.num_timesteps, batch_size=batch_size, shape=self.sample_shape(), conditioning=None, eta=1.0,
             x_T=x_T, verbose=verbose, log_every_t=self.log_every_t)
         return (samples, intermediates["x_inter"]) if return_intermediates else samples
@@ -479,10 +490,8 @@ class DDPM(pl.LightningModule):
         x = self.get_input(batch, self.first_stage_key)[:N]
         log = {"inputs": x}
         if sample:
-            from ldm.models.diffusion.ddim import DDIMSampler
-
             with self.ema_scope():
-                log["samples"], _ = DDIMSampler(self).sample(
+                log["samples"], _ = self.latent_sampler().sample(
                     S=ddim_steps or self.log_ddim_steps, batch_size=x.shape[0], shape=tuple(x.shape[1:]),
                     conditioning=None, eta=0.0, verbose=False)
         return log
@@ -497,7 +506,7 @@ class LatentDiffusion(DDPM):
     good, no gradients. The latent is scaled by ``scale_factor``; with ``scale_by_std`` it is
     1 / std of the first training batch's latent, computed on rank 0 and broadcast to every rank,
     and kept in the state dict so that a resumed or fine-tuned run does not recompute it.
-    ``log_ddim_steps`` is the number of DDIM steps of the samples in ``log_images``.
+    ``log_ddim_steps`` is the number of sampler steps of the samples in ``log_images``.
     """
 
     def __init__(self, first_stage_config: Mapping, cond_stage_config: Mapping, cond_stage_key: str = "ctp",
@@ -735,21 +744,23 @@ class LatentDiffusion(DDPM):
     # ----------------------------------------------------------------------------- sampling and logging
     def sample(self, cond: torch.Tensor, batch_size: int | None = None, return_intermediates: bool = False,
                x_T: torch.Tensor | None = None, verbose: bool = True):
-        """Ancestral sampling given c~ (DDIM over all T timesteps with eta = 1 is exactly DDPM's chain)."""
+        """Ancestral sampling given c~ (DDIM over all T timesteps with eta = 1 is exactly DDPM's chain),
+        whatever sampler is configured."""
         return self.sample_log(cond, default(batch_size, cond.shape[0]), ddim=True, ddim_steps=self.num_timesteps,
-                               eta=1.0, x_T=x_T, verbose=verbose, return_intermediates=return_intermediates)
+                               eta=1.0, x_T=x_T, verbose=verbose, return_intermediates=return_intermediates,
+                               sampler="ddim")
 
     @torch.no_grad()
     def sample_log(self, cond: torch.Tensor, batch_size: int, ddim: bool = True, ddim_steps: int = 200,
                    eta: float = 0.0, x_T: torch.Tensor | None = None, verbose: bool = False,
-                   return_intermediates: bool = True, **kwargs: Any):
-        """DDIM samples (latents) for the learned conditioning ``cond`` (CompVis's name)."""
-        from ldm.models.diffusion.ddim import DDIMSampler
-
+                   return_intermediates: bool = True, sampler: str | Mapping | None = None, **kwargs: Any):
+        """Samples (latents) for the learned conditioning ``cond`` in ``ddim_steps`` steps of the
+        configured sampler, or of ``sampler`` (CompVis's name and arguments: ``ddim`` must be True,
+        and the steps keep their CompVis name whichever sampler runs them)."""
         if not ddim:
-            raise ValueError("only DDIM sampling is offered (DDIM with S = T and eta = 1 is ancestral sampling)")
+            raise ValueError("only DDIM-style sampling is offered (DDIM with S = T and eta = 1 is ancestral sampling)")
         shape = (int(self.channels), *cond.shape[-2:])
-        samples, intermediates = DDIMSampler(self).sample(S=ddim_steps, batch_size=batch_size, shape=shape,
+        samples, intermediates = self.latent_sampler(sampler).sample(S=ddim_steps, batch_size=batch_size, shape=shape,
                                                           conditioning=cond, eta=eta, x_T=x_T, verbose=verbose,
                                                           log_every_t=self.log_every_t, **kwargs)
         return (samples, intermediates) if return_intermediates else samples
@@ -759,9 +770,9 @@ class LatentDiffusion(DDPM):
                    ddim_eta: float = 0.0, plot_reconstruction: bool = True, seed: int = 0, **kwargs: Any
                    ) -> dict[str, torch.Tensor]:
         """Images in [-1, 1] for the ImageLogger: the CTP mean over time points (ctp_mean), the ground
-        truth (inputs), its first-stage reconstruction, and a DDIM sample with EMA weights
-        (``ddim_steps`` default ``log_ddim_steps``) from x_T drawn with a fixed ``seed`` so that
-        successive logs show the same noise."""
+        truth (inputs), its first-stage reconstruction, and a sample with EMA weights (the configured
+        sampler, ``ddim_steps`` default ``log_ddim_steps``) from x_T drawn with a fixed ``seed`` so
+        that successive logs show the same noise."""
         z, c, x, xrec, xc = self.get_input(batch, self.first_stage_key, return_first_stage_outputs=True,
                                            force_c_encode=True, return_original_cond=True, bs=N)
         log = {"ctp_mean": xc.mean(dim=1, keepdim=True), "inputs": x}

@@ -4,7 +4,8 @@
 the post-training of :class:`~ldm.models.diffusion.post_training.LesionAwarePostTraining`
 (Section 2.2, Eqs. 5-8): z0_hat = (z_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t) (Eq. 5) from
 the same prediction as L_latent (Eq. 4), decoded by the frozen first stage. What is the LDM's own
-here is how a validation slice is sampled for the lesion MAE: DDIM from fixed noise.
+here is how a validation slice is sampled for the lesion MAE: the configured sampler (DDIM by
+default) from fixed noise.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ __all__ = ["INIT_WEIGHTS", "LesionAwareLatentDiffusion"]
 class LesionAwareLatentDiffusion(LesionAwarePostTraining, LatentDiffusion):
     """The conditional LDM post-trained with L_latent + lambda_image L_image + lambda_lesion L_lesion
     (Eq. 8). Parameters: :class:`LesionAwarePostTraining`'s, and every other is LatentDiffusion's.
-    The validation lesion MAE samples with DDIM (eta 0, ``lesion_mae_ddim_steps`` steps) from noise
+    The validation lesion MAE samples with the configured sampler (DDIM by default; eta 0,
+    ``lesion_mae_ddim_steps`` steps) from noise
     seeded by ``lesion_mae_seed`` and each slice's position in the subset."""
 
     def lesion_mae_latents(self, c: torch.Tensor, first_index: int) -> torch.Tensor:

@@ -21,8 +21,6 @@ reference code's special case "at index 0 return x0_recon" falls out of the sche
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -78,13 +76,32 @@ def bridge_step(x_t: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor, m_t: t
 class BridgeSampler:
     """Samples a :class:`BridgeModel` from the source end y = model.get_source(cond) to the data end.
 
-    The call mirrors :class:`ldm.models.diffusion.ddim.DDIMSampler` so that scripts can drive either.
-    It runs on the device and in the dtype of the conditioning; sample inside ``model.ema_scope()``
-    to use the EMA weights.
+    The call is the protocol of :mod:`ldm.samplers.base` (CompVis's DDIMSampler.sample) so that
+    scripts can drive any sampler. It runs on the device and in the dtype of the conditioning;
+    sample inside ``model.ema_scope()`` to use the EMA weights.
     """
+
+    name = "bridge"
+    starts_from_noise = False
+    per_slice_step_noise = True
 
     def __init__(self, model: BridgeModel) -> None:
         self.model = model
+
+    @classmethod
+    def unsupported(cls, model: Any) -> str | None:
+        if not all(hasattr(model, a) for a in ("m_t", "delta_t", "get_source")):
+            return (f"the bridge sampler samples a Brownian bridge (a model with m_t, delta_t and get_source); "
+                    f"{type(model).__name__} is not one")
+        return None
+
+    def check(self, S: int, eta: float) -> None:
+        if eta < 0:
+            raise ValueError(f"bridge sampler: eta must be >= 0, got {eta}")
+        make_bridge_timesteps(self.model.num_timesteps, S)
+
+    def timesteps(self, S: int) -> np.ndarray:
+        return make_bridge_timesteps(self.model.num_timesteps, S)
 
     def _coefficient(self, table: torch.Tensor, t: int, like: torch.Tensor) -> torch.Tensor:
         return table[t].to(device=like.device, dtype=like.dtype).reshape(1, *([1] * (like.dim() - 1)))
@@ -146,44 +163,3 @@ class BridgeSampler:
                 intermediates["x_inter"].append(x)
                 intermediates["pred_x0"].append(x0_hat)
         return x, intermediates
-
-
-class BridgeSliceSampler:
-    """``sampler(ctp (B, 15, H, W), noise, step_seed=None) -> (B, 2, H, W)`` images in [-1, 1] for
-    :mod:`ldm.inference` (the same call as its DDIMSliceSampler).
-
-    ``noise(shape)`` returns per-slice seeded standard normal noise (B, *shape). The bridge starts
-    from its source y, not from noise, so x_T is not drawn; with eta > 0 the per-step noise is drawn
-    through ``noise`` as (B, S, C, h, w), which makes every slice's result independent of the
-    batching (``step_seed`` is therefore not needed and ignored).
-    """
-
-    def __init__(self, model: Any, steps: int | None = None, eta: float | None = None) -> None:
-        self.model = model
-        self.steps = int(steps if steps is not None else model.sample_steps)
-        self.eta = float(eta if eta is not None else model.sample_eta)
-        make_bridge_timesteps(model.num_timesteps, self.steps)  # a bad step count fails here, before any work
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def ema_scope(self) -> contextlib.AbstractContextManager:
-        """The model's EMA weights for the whole run, when it has them."""
-        if getattr(self.model, "use_ema", False):
-            return self.model.ema_scope("sampling")
-        return contextlib.nullcontext()
-
-    @torch.inference_mode()
-    def __call__(self, ctp: torch.Tensor, noise: Callable[[Sequence[int]], torch.Tensor],
-                 step_seed: int | None = None) -> torch.Tensor:
-        cond = self.model.get_learned_conditioning(ctp.to(self.device))
-        shape = (int(self.model.channels), *cond.shape[-2:])
-        step_noise = None
-        if self.eta > 0:
-            step_noise = noise((self.steps, *shape)).transpose(0, 1).to(self.device)
-        latents, _ = BridgeSampler(self.model).sample(S=self.steps, batch_size=ctp.shape[0], shape=shape,
-                                                      conditioning=cond, eta=self.eta, verbose=False,
-                                                      step_noise=step_noise)
-        # the decoder can overshoot slightly; the inverse normalisation is defined on [-1, 1]
-        return self.model.decode_first_stage(latents).clamp(-1.0, 1.0)

@@ -1,0 +1,68 @@
+"""What every sampler offers: the protocol that models, scripts and the slice sampler call.
+
+A sampler is built around a trained model, ``Sampler(model)``, and knows nothing of training. It
+reads what it needs from the model (the schedule buffers, ``apply_model``) and returns latents;
+decoding is the caller's. The call is CompVis's ``DDIMSampler.sample`` for every sampler, so a
+script written for DDIM drives any of them:
+
+    latents, intermediates = sampler.sample(S, batch_size, shape, conditioning, eta=0.0, x_T=None,
+                                            verbose=True, log_every_t=100, noise_generator=None,
+                                            step_noise=None)
+
+and ``sampler.timesteps(S)`` gives the S timesteps at which the denoiser is evaluated, in the
+order visited (descending), so that a schedule can be checked without running the model.
+
+Class attributes tell the callers (ldm.inference.slice_sampler) how to feed a sampler:
+``starts_from_noise`` (False for a bridge, which starts at its source y) and
+``per_slice_step_noise`` (True when eta > 0 noise may be passed in as ``step_noise`` (S, B, C, H, W),
+so that it can be drawn per slice).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+
+class LatentSampler(Protocol):
+    name: ClassVar[str]
+    starts_from_noise: ClassVar[bool]
+    per_slice_step_noise: ClassVar[bool]
+    model: Any
+
+    @classmethod
+    def unsupported(cls, model: Any) -> str | None:
+        """Why this sampler cannot sample ``model`` (None when it can)."""
+
+    def check(self, S: int, eta: float) -> None:
+        """Raise ValueError for a step count or eta this sampler cannot run, before any work."""
+
+    def timesteps(self, S: int) -> np.ndarray:
+        """The S timesteps at which the denoiser is evaluated, in the order visited."""
+
+    def sample(self, S: int, batch_size: int, shape: tuple[int, ...] | None, conditioning: Any, eta: float = 0.0,
+               x_T: torch.Tensor | None = None, verbose: bool = True, log_every_t: int = 100,
+               noise_generator: torch.Generator | None = None, step_noise: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        """(latents, {"x_inter": [...], "pred_x0": [...]})."""
+
+
+def noise_schedule_unsupported(name: str, model: Any) -> str | None:
+    """The check of samplers for a Gaussian diffusion (DDIM, DPM-Solver++): the model has
+    ``alphas_cumprod`` and predicts eps or x0."""
+    if not hasattr(model, "alphas_cumprod"):
+        return (f"{name} samples a Gaussian diffusion (a model with alphas_cumprod); "
+                f"{type(model).__name__} has none")
+    parameterization = getattr(model, "parameterization", "eps")
+    if parameterization not in ("eps", "x0"):
+        return f"{name} takes an eps- or x0-prediction model, {type(model).__name__} predicts {parameterization!r}"
+    return None
+
+
+def predict_start(model: Any, x: torch.Tensor, model_output: torch.Tensor, sqrt_a: float, sqrt_1m_a: float,
+                  out: torch.Tensor) -> torch.Tensor:
+    """x0_hat into ``out`` from the model's output at a timestep with abar = a (paper Eq. 5 for eps)."""
+    if getattr(model, "parameterization", "eps") == "x0":
+        return out.copy_(model_output)
+    return torch.sub(x, model_output, alpha=sqrt_1m_a, out=out).div_(sqrt_a)
