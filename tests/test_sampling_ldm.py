@@ -83,16 +83,49 @@ def test_raw_cohort_to_source_space_independent_of_batch_size(setup, tmp_path, c
     assert list(scratch.iterdir()) == []  # the temporary preprocessing is gone
 
 
-def test_eta_above_zero_is_reproducible_for_a_fixed_batch_size(setup, tmp_path):
+def test_eta_above_zero_does_not_depend_on_the_batch_size(setup, tmp_path):
     root, raw, npy, run, *_ = setup
-    for name in ("a", "b"):
-        assert sample(run, raw, tmp_path / name, "--batch_size", "4", "--eta", "1.0", "--patients", "P001") == 0
+    for name, batch in (("a", "4"), ("b", "1")):
+        assert sample(run, raw, tmp_path / name, "--batch_size", batch, "--eta", "1.0", "--patients", "P001") == 0
     assert sample(run, raw, tmp_path / "eta0", "--batch_size", "4", "--patients", "P001") == 0
     a, b, eta0 = volumes(tmp_path / "a"), volumes(tmp_path / "b"), volumes(tmp_path / "eta0")
     assert sorted(a) == ["P001/adc_sample_0.nii.gz", "P001/dwi_sample_0.nii.gz"]
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name])
+    for name in a:  # the per-step noise is drawn per slice, as x_T is
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-5 * np.abs(a[name]).max())
     assert not np.allclose(a["P001/dwi_sample_0.nii.gz"], eta0["P001/dwi_sample_0.nii.gz"])
+
+
+def test_dpm_solver_samples_independent_of_the_batch_size_and_is_not_mixed_with_ddim(setup, tmp_path, capsys):
+    root, raw, npy, run, *_ = setup
+    assert sample(run, raw, tmp_path / "d1", "--sampler", "dpmsolver++", "--batch_size", "1", "--patients", "P001") == 0
+    assert "dpmsolver++ with 3 steps" in capsys.readouterr().out
+    assert sample(run, raw, tmp_path / "d4", "--sampler", "dpmsolver++", "--batch_size", "4", "--patients", "P001") == 0
+    assert sample(run, raw, tmp_path / "ddim", "--batch_size", "4", "--patients", "P001") == 0
+    d1, d4, ddim = volumes(tmp_path / "d1"), volumes(tmp_path / "d4"), volumes(tmp_path / "ddim")
+    for name in d1:
+        np.testing.assert_allclose(d4[name], d1[name], rtol=1e-5, atol=1e-5 * np.abs(d1[name]).max())
+    assert not np.allclose(d1["P001/dwi_sample_0.nii.gz"], ddim["P001/dwi_sample_0.nii.gz"])
+    capsys.readouterr()
+    assert sample(run, raw, tmp_path / "d1", "--batch_size", "1", "--patients", "P001") == 2  # DDIM into it
+    err = error_line(capsys.readouterr().err)
+    assert "sampler='dpmsolver++'" in err and "another --outdir" in err
+    assert sample(run, raw, tmp_path / "eta", "--sampler", "dpmsolver++", "--eta", "0.5") == 2
+    err = error_line(capsys.readouterr().err)
+    assert "--sampler dpmsolver++" in err and "deterministic" in err
+    assert not (tmp_path / "eta").exists()
+
+
+def test_the_default_output_folder_names_the_sampler(setup, tmp_path):
+    import shutil
+
+    root, raw, npy, run, *_ = setup
+    copy = tmp_path / "logs" / run.name
+    shutil.copytree(run, copy)
+    assert sample_script.main(["-r", str(copy), "--data", str(raw), "--steps", "2", "--device", "cpu",
+                               "--no_progress", "--patients", "P001", "--sampler", "dpmsolver++"]) == 0
+    assert sample_script.main(["-r", str(copy), "--data", str(raw), "--steps", "2", "--device", "cpu",
+                               "--no_progress", "--patients", "P001"]) == 0
+    assert sorted(p.name for p in (copy / "samples").iterdir()) == ["2", "dpmsolver++_2"]
 
 
 def test_ema_weights_are_used_when_the_checkpoint_has_them(setup, tmp_path):
