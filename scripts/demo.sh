@@ -10,7 +10,8 @@
 #
 # Knobs (environment): DEMO_OUT (folder, default demo_output), DEMO_SCALE (multiplies the training
 # steps of every stage), DEMO_N_TRAIN / DEMO_N_VAL / DEMO_N_TEST (patients), DEMO_SLICES (axial
-# slices per patient), DEMO_SAMPLE_STEPS (DDIM steps; the paper uses 200), DEMO_ACCELERATOR
+# slices per patient), DEMO_SAMPLER (ddim, the paper's, or dpmsolver++), DEMO_SAMPLE_STEPS (the
+# sampler's steps; the paper uses 200 DDIM steps), DEMO_ACCELERATOR
 # (auto, cpu or gpu), DEMO_SEED (seed of every training run and of sampling), DEMO_COHORT_SEED (the
 # synthetic cohort).
 set -euo pipefail
@@ -23,6 +24,7 @@ N_TRAIN=${DEMO_N_TRAIN:-16}
 N_VAL=${DEMO_N_VAL:-3}
 N_TEST=${DEMO_N_TEST:-4}
 SLICES=${DEMO_SLICES:-24}
+SAMPLER=${DEMO_SAMPLER:-ddim}
 SAMPLE_STEPS=${DEMO_SAMPLE_STEPS:-50}
 ACCEL=${DEMO_ACCELERATOR:-auto}
 SEED=${DEMO_SEED:-0}                # training (every stage) and sampling
@@ -101,12 +103,12 @@ stage "control: stage 3 without the image-space terms, cLDM (continued) ($(steps
 CONTROL_RUN="$(latest_run cldm_continued)"
 done_stage
 
-stage "sampling the test patients with cLDM, cLDM (continued) and cLDM-PT (DDIM, $SAMPLE_STEPS steps)"
+stage "sampling the test patients with cLDM, cLDM (continued) and cLDM-PT ($SAMPLER, $SAMPLE_STEPS steps)"
 for pair in "cldm:$LDM_RUN" "cldm_continued:$CONTROL_RUN" "cldm_pt:$LAPT_RUN"; do
     name=${pair%%:*}
     run=${pair#*:}
     "$PYTHON" scripts/sample_LDM.py -r "$run" --data "$NPY/test" --outdir "$OUT/samples/$name" \
-        --steps "$SAMPLE_STEPS" --batch_size 32 --seed "$SEED"
+        --sampler "$SAMPLER" --steps "$SAMPLE_STEPS" --batch_size 32 --seed "$SEED"
 done
 done_stage
 

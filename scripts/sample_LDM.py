@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     from ldm.inference.run_sampling import sample_run
 
     try:
-        return sample_run(opt, unknown)
+        sample_run(opt, unknown)
+        return 0
     except ConfigError as e:
         print(f"sample_LDM.py: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -27,7 +27,7 @@ def _demo(out: Path, **extra: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_demo_pipeline_runs_every_stage_and_writes_source_space_volumes(tmp_path):
     out = tmp_path / "demo"
-    proc = _demo(out)
+    proc = _demo(out, DEMO_SAMPLER="dpmsolver++")  # the default (DDIM) is what every sampling test runs
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for k in range(1, 9):
         assert f"==> [{k}/8]" in proc.stdout
@@ -61,6 +61,12 @@ def test_demo_pipeline_runs_every_stage_and_writes_source_space_volumes(tmp_path
             np.testing.assert_allclose(img.affine, dwi_src.affine, atol=1e-5)
             data = img.get_fdata()
             assert np.isfinite(data).all() and (data[~mask] == 0).all() and (data[mask] != 0).any()
+
+    import json
+
+    for model in ("cldm", "cldm_continued", "cldm_pt"):
+        settings = json.loads((out / "samples" / model / "sampling.json").read_text())
+        assert (settings["sampler"], settings["steps"]) == ("dpmsolver++", 2)
 
     table = (out / "evaluation/table1.md").read_text()
     assert "| cLDM |" in table and "| cLDM (continued) |" in table and "| cLDM-PT |" in table

@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ldm.inference.volume_sampler import SamplingReport
 
 SETTINGS_FILE = "sampling.json"
 
@@ -68,8 +72,9 @@ def default_sampler(config) -> str:
     return "ddim"
 
 
-def sample_run(opt: argparse.Namespace, overrides: list[str]) -> int:
-    """Sample ``opt.resume`` over ``opt.data`` (the options of scripts/sample_LDM.py); returns 0."""
+def sample_run(opt: argparse.Namespace, overrides: list[str]) -> "SamplingReport":
+    """Sample ``opt.resume`` over ``opt.data`` (the options of scripts/sample_LDM.py); returns what
+    was sampled (and how long the sampling took)."""
     import torch
 
     from ldm.config import parse_overrides
@@ -185,6 +190,6 @@ def sample_run(opt: argparse.Namespace, overrides: list[str]) -> int:
     if opt.summary:
         print(f"summary: {{dwi,adc}}_{{mean,std}}.nii.gz over {opt.n_samples} samples per patient, core volume "
               f"spread in {spread_csv}")
-    return 0
+    return report
 
 

@@ -14,6 +14,7 @@ every slice comes from ``ldm.inference.seeding``, so the result does not depend 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class SamplingReport:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     n_slices: int = 0
+    seconds: float = 0.0  # wall time of sampling the n_slices slices, writing the volumes included
 
 
 def load_patient_slices(data_root: str | Path, patient_id: str, record: PatientRecord) -> PatientSlices:
@@ -145,6 +147,7 @@ def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, 
                     yield pid, k, j
 
     scope = getattr(sampler, "ema_scope", contextlib.nullcontext)
+    start = time.perf_counter()
     with scope(), tqdm(total=total, desc="sampling slices", unit="slice", disable=not progress,
                        dynamic_ncols=True) as bar:
         for batch in _batches(work(), batch_size):
@@ -169,4 +172,12 @@ def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, 
                         report.written.append(s.patient.patient_id)
             report.n_slices += len(entries)
             bar.update(len(entries))
+    if device_is_cuda(sampler):
+        torch.cuda.synchronize()
+    report.seconds = time.perf_counter() - start
     return report
+
+
+def device_is_cuda(sampler: Callable) -> bool:
+    device = getattr(sampler, "device", None)
+    return device is not None and torch.device(device).type == "cuda"
