@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark the training steps of the three stages and DDIM sampling.
+"""Benchmark the training steps of the three stages and sampling (DDIM and DPM-Solver++).
 
     python scripts/benchmark.py --config configs/benchmark/small.yaml
     python scripts/benchmark.py --config configs/benchmark/paper.yaml --device cuda --precision bf16-mixed \
@@ -7,8 +7,9 @@
 
 Measures, as medians over ``--repeats`` after ``--warmup`` untimed runs: the stage-2 training step
 (forward, backward, AdamW, EMA) and the post-training step at the same batch and their ratio; the
-VQGAN step with both optimisers; DDIM sampling throughput (slices/s at ``--sample_steps``,
-decoding included) and the projected time for the paper's test set; peak memory (CUDA
+VQGAN step with both optimisers; sampling throughput of every sampler in ``benchmark.samplers``
+(slices/s at ``--sample_steps``, decoding included) and, for DDIM, the projected time for the
+paper's test set; peak memory (CUDA
 max_memory_allocated, or the process's peak RSS on CPU); model FLOPs per step (FlopCounterMode)
 and achieved FLOP/s, as a fraction of the GPU's dense peak when it is known (or ``--peak_tflops``).
 Prints a table and writes every number to ``--json``. Models start from random weights: no
@@ -45,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                    help="default: cuda when available, else cpu")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="Lightning precision: 32 or bf16-mixed (autocast); default: the config's")
-    p.add_argument("--sample_steps", type=int, default=None, help="DDIM steps of the sampling benchmark")
+    p.add_argument("--sample_steps", type=int, default=None, help="sampler steps of the sampling benchmark")
     p.add_argument("--sample_batch", type=int, default=None, help="slices per sampling batch (default: --batch)")
     p.add_argument("--only", default=",".join(PARTS),
                    help=f"comma-separated subset of {','.join(PARTS)} (default: all)")

@@ -280,3 +280,22 @@ def test_summary_maps_feed_the_clinical_read_out_and_k_below_two_is_refused(setu
     assert sample(run, raw, tmp_path / "one", "--summary") == 2  # --n_samples 1
     assert "--summary needs --n_samples 2 or more" in error_line(capsys.readouterr().err)
     assert not (tmp_path / "one").exists()
+
+
+def test_folders_sampled_before_samplers_existed_resume_only_with_the_same_noise(tmp_path):
+    import json
+
+    from ldm.inference.run_sampling import SETTINGS_FILE, check_settings
+    from ldm.util import ConfigError
+
+    old = {"checkpoint": "c", "steps": 3, "eta": 0.0, "seed": 1, "overrides": [], "precision": "32",
+           "initial_noise": "zero_mean", "batch_size": 4}
+    new = {**old, "sampler": "ddim", "step_noise": "per_slice", "batch_size": 8}
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps(old))
+    check_settings(tmp_path, new)  # eta 0: DDIM then is DDIM now, whatever the batch
+    with pytest.raises(ConfigError, match="sampler=.*'ddim'.*'dpmsolver\\+\\+'"):
+        check_settings(tmp_path, {**new, "sampler": "dpmsolver++"})
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({**old, "eta": 1.0}))
+    with pytest.raises(ConfigError, match="step_noise='per_batch'"):  # DDIM's eta > 0 noise was per batch
+        check_settings(tmp_path, {**new, "eta": 1.0})
+    check_settings(tmp_path, {**new, "eta": 1.0, "sampler": "bridge"})  # the bridge drew it per slice

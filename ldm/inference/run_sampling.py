@@ -35,9 +35,10 @@ def check_settings(outdir: Path, settings: dict) -> None:
         keys.append("step_noise")
     old.setdefault("precision", "32")  # folders sampled before the setting existed ran in float32
     old.setdefault("initial_noise", "gaussian")  # ... and from x_T as drawn
-    if "sampler" not in old and settings.get("sampler") in ("ddim", "bridge"):
-        old["sampler"] = settings["sampler"]  # ... with the only sampler of its model family
-    old.setdefault("step_noise", "per_batch")  # ... and DDIM drew its eta > 0 noise per batch
+    # ... with the only sampler of its model family (a bridge model can only use the bridge sampler)
+    old.setdefault("sampler", "bridge" if settings.get("sampler") == "bridge" else "ddim")
+    # ... and DDIM drew its eta > 0 noise per batch (the bridge sampler always per slice)
+    old.setdefault("step_noise", "per_slice" if old.get("sampler") == "bridge" else "per_batch")
     differ = [k for k in keys if old.get(k) != settings.get(k)]
     if differ:
         k = differ[0]
