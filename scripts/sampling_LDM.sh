@@ -4,7 +4,8 @@
 # e.g. `bash scripts/sampling_LDM.sh --device cuda:1` or a dotlist override.
 #   RUN   run directory (logs/<timestamp>_<name>) or a checkpoint file
 #   DATA  preprocessed split, or a raw NIfTI cohort folder (preprocessed on the fly)
-#   OUT   output folder (default: <RUN>/samples/<STEPS>)
+#   SAMPLER  ddim (the paper's) or dpmsolver++ (default: the run's config, DDIM; README "Samplers")
+#   OUT   output folder (default: <RUN>/samples/<STEPS>, <RUN>/samples/<SAMPLER>_<STEPS> for DPM-Solver++)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -13,5 +14,6 @@ DATA=${DATA:-path/to/preprocessed/test}
 STEPS=${STEPS:-200}
 ARGS=(-r "$RUN" --data "$DATA" --n_samples "${N_SAMPLES:-1}" --batch_size "${BATCH_SIZE:-48}" --steps "$STEPS"
       --seed "${SEED:-23}")
+if [[ -n "${SAMPLER:-}" ]]; then ARGS+=(--sampler "$SAMPLER"); fi
 if [[ -n "${OUT:-}" ]]; then ARGS+=(--outdir "$OUT"); fi
 "$PYTHON" scripts/sample_LDM.py "${ARGS[@]}" "$@"

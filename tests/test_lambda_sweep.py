@@ -1,6 +1,7 @@
 """scripts/lambda_sweep.py: the dry run lists the paper's Table 2 grid as main.py runs, skips and
 resumes finished work, and the table is gathered from evaluate.py's summary CSV."""
 import csv
+import json
 import re
 import shlex
 from pathlib import Path
@@ -133,3 +134,20 @@ def test_table2_gathered_from_evaluate_summaries(tmp_path):
     assert "| cLDM-PT | 0.05 | 0.1 | 0.070 | **0.195** |" in md and "| cLDM-PT | 0.01 | 0.02 | 0.070 | 0.199 |" in md
     assert "Against the control" in md
     assert "| lapt_li0.01_ll0.02 | -0.002 [-0.004, +0.001], p 0.5 |" in md
+
+
+def test_the_sampler_is_passed_on_and_a_folder_sampled_otherwise_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = ["--dry-run", "--outdir", str(tmp_path), "--grid", "0.01:0.02", "--no-control", "--steps", "20"]
+    assert sweep.main([*args, "--sampler", "dpmsolver++"]) == 0
+    samples = _commands(capsys.readouterr().out, "sample_LDM.py")
+    assert samples and all(c[c.index("--sampler") + 1] == "dpmsolver++" for c in samples)
+    done = tmp_path / "samples" / sweep.run_name(0.01, 0.02)
+    done.mkdir(parents=True)
+    (done / sweep.SAMPLE_DONE).write_text(json.dumps({"sampler": "ddim", "steps": 20}))
+    (tmp_path / "runs" / "2025-01-01T00-00-00_lapt_li0.01_ll0.02").mkdir(parents=True)
+    (tmp_path / "runs" / "2025-01-01T00-00-00_lapt_li0.01_ll0.02" / sweep.TRAIN_DONE).write_text("{}")
+    assert sweep.main([*args, "--sampler", "ddim"]) == 0
+    assert "sampling finished before" in capsys.readouterr().out
+    assert sweep.main([*args, "--sampler", "dpmsolver++"]) == 2
+    assert "sampled with ddim 20 steps, now dpmsolver++ 20" in capsys.readouterr().err
