@@ -65,7 +65,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=None, choices=tuple(SAMPLERS),
                    help="sampler (default: the model config's `sampler`, DDIM for the cLDM; docs/sampling.md)")
     p.add_argument("--steps", type=int, default=200, help="sampler steps = denoiser evaluations (the paper: 200 DDIM)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM / bridge eta (0: deterministic; DPM-Solver++ takes 0 only)")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM / bridge eta (0: deterministic; DPM-Solver++ takes 0 only)")
     p.add_argument("--initial_noise", choices=("zero_mean", "gaussian"), default="zero_mean",
                    help="x_T with its spatial mean removed per channel (the brightness of a sample no longer "
                         "follows the mean of the drawn noise; docs/sampling.md), or as drawn (CompVis, reference)")

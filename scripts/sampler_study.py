@@ -166,8 +166,9 @@ def plot(settings: list[tuple[str, int]], timings: dict, vs_gt: dict, path: Path
         for row, (metric, header) in enumerate((("lesion_mae", "lesion MAE"), ("mae", "MAE (brain)"))):
             ax = axes[row][col]
             for name in dict.fromkeys(n for n, _ in settings):
-                points = sorted((timings[label(n, s)]["seconds_per_slice"], vs_gt[(label(n, s), modality)][metric], s)
-                                for n, s in settings if n == name and vs_gt[(label(n, s), modality)][metric] is not None)
+                values = {s: vs_gt[(label(n, s), modality)][metric] for n, s in settings if n == name}
+                points = sorted((timings[label(name, s)]["seconds_per_slice"], v, s)
+                                for s, v in values.items() if v is not None)
                 ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=LABELS.get(name, name))
                 for x, y, s in points:
                     ax.annotate(str(s), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)

@@ -151,6 +151,7 @@ def test_x0_parameterization_uses_the_output_as_the_data_prediction():
     a_s, a_t = abar[999], abar[0]
     x0 = model.apply_model(x_T, torch.tensor([999]), cond)
     # one first-order step: x_t = sigma_t / sigma_s x_s + alpha_t (1 - sigma_t alpha_s / (alpha_t sigma_s)) x0
-    expected = ((1 - a_t) / (1 - a_s)).sqrt() * x_T + a_t.sqrt() * (1 - ((1 - a_t) * a_s / (a_t * (1 - a_s))).sqrt()) * x0
+    ratio = ((1 - a_t) * a_s / (a_t * (1 - a_s))).sqrt()  # sigma_t alpha_s / (alpha_t sigma_s) = exp(-h)
+    expected = ((1 - a_t) / (1 - a_s)).sqrt() * x_T + a_t.sqrt() * (1 - ratio) * x0
     torch.testing.assert_close(ours, expected)
     torch.testing.assert_close(intermediates["pred_x0"][-1], x0)

@@ -290,7 +290,7 @@ def test_folders_sampled_before_samplers_existed_resume_only_with_the_same_noise
 
     old = {"checkpoint": "c", "steps": 3, "eta": 0.0, "seed": 1, "overrides": [], "precision": "32",
            "initial_noise": "zero_mean", "batch_size": 4}
-    new = {**old, "sampler": "ddim", "step_noise": "per_slice", "batch_size": 8}
+    new = {**old, "sampler": "ddim", "sampler_params": {}, "step_noise": "per_slice", "batch_size": 8}
     (tmp_path / SETTINGS_FILE).write_text(json.dumps(old))
     check_settings(tmp_path, new)  # eta 0: DDIM then is DDIM now, whatever the batch
     with pytest.raises(ConfigError, match="sampler=.*'ddim'.*'dpmsolver\\+\\+'"):

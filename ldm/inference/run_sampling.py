@@ -30,7 +30,8 @@ def check_settings(outdir: Path, settings: dict) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text())
-    keys = ["checkpoint", "sampler", "steps", "eta", "seed", "overrides", "precision", "initial_noise"]
+    keys = ["checkpoint", "sampler", "sampler_params", "steps", "eta", "seed", "overrides", "precision",
+            "initial_noise"]
     if settings["eta"] > 0:
         keys.append("step_noise")
     old.setdefault("precision", "32")  # folders sampled before the setting existed ran in float32
@@ -39,6 +40,7 @@ def check_settings(outdir: Path, settings: dict) -> None:
     old.setdefault("sampler", "bridge" if settings.get("sampler") == "bridge" else "ddim")
     # ... and DDIM drew its eta > 0 noise per batch (the bridge sampler always per slice)
     old.setdefault("step_noise", "per_slice" if old.get("sampler") == "bridge" else "per_batch")
+    old.setdefault("sampler_params", {})
     differ = [k for k in keys if old.get(k) != settings.get(k)]
     if differ:
         k = differ[0]
@@ -56,6 +58,13 @@ def check_input_size(records: dict, size: tuple[int, int] | None, data_root: Pat
         raise ConfigError(f"{str(data_root)!r} holds {' and '.join(f'{h}x{w}' for h, w in sizes)} slices but the model "
                           f"takes {size[0]}x{size[1]} (model.params.image_size x the first stage's factor): "
                           f"preprocess the data at that size")
+
+
+def to_plain(params: dict) -> dict:
+    """Sampler params as JSON values (an OmegaConf node's children become plain containers)."""
+    from omegaconf import OmegaConf
+
+    return {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in params.items()}
 
 
 def default_sampler(config) -> str:
@@ -87,7 +96,7 @@ def sample_run(opt: argparse.Namespace, overrides: list[str]) -> "SamplingReport
     from ldm.inference.slice_sampler import make_slice_sampler
     from ldm.inference.volume_sampler import sample_cohort
     from ldm.io import atomic_write_json
-    from ldm.samplers import sampler_name
+    from ldm.samplers import sampler_class, sampler_name
     from ldm.util import ConfigError
 
     start = time.time()
@@ -133,7 +142,7 @@ def sample_run(opt: argparse.Namespace, overrides: list[str]) -> "SamplingReport
         raise ConfigError(f"--outdir {str(outdir)!r}: {str(blocking)!r} is a file, not a folder")
     settings = {"checkpoint": str(run_files.checkpoint.resolve()), "configs": [str(c) for c in run_files.configs],
                 "overrides": list(overrides), "data": str(data), "sampler": name, "steps": opt.steps, "eta": opt.eta,
-                "step_noise": "per_slice",
+                "step_noise": "per_slice", "sampler_params": to_plain(sampler_class(sampler)[1]),
                 "seed": opt.seed, "n_samples": opt.n_samples, "batch_size": opt.batch_size,
                 "precision": opt.precision, "initial_noise": opt.initial_noise}
     check_settings(outdir, settings)
@@ -173,7 +182,8 @@ def sample_run(opt: argparse.Namespace, overrides: list[str]) -> "SamplingReport
             print(f"{len(ctp_only)} CTP-only patient(s): DWI/ADC scale from the cohort reference "
                   f"({reference.source or 'reference.json'})")
         print(f"sampling {len(opt.patients or records)} patient(s) of {data}: {opt.n_samples} sample(s), "
-              f"{name} with {opt.steps} steps, eta {opt.eta}, batch {opt.batch_size}, precision {opt.precision} -> {outdir}")
+              f"{name} with {opt.steps} steps, eta {opt.eta}, batch {opt.batch_size}, precision {opt.precision} "
+              f"-> {outdir}")
         outdir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(outdir / SETTINGS_FILE, settings)
         with torch.inference_mode():

@@ -23,7 +23,8 @@ def sampler_class(spec: str | Mapping) -> tuple[type, dict]:
     """(class, params) for a sampler name or ``{target, params}`` node."""
     if isinstance(spec, str):
         if spec not in SAMPLERS:
-            raise ConfigError(f"sampler {spec!r} is not one of {', '.join(SAMPLERS)} (or give a {{target, params}} node)")
+            raise ConfigError(f"sampler {spec!r} is not one of {', '.join(SAMPLERS)} "
+                              f"(or give a {{target, params}} node)")
         return get_obj_from_str(SAMPLERS[spec]), {}
     if isinstance(spec, Mapping) or hasattr(spec, "keys"):
         if "target" not in spec:

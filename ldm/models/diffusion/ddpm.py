@@ -86,8 +86,8 @@ class DDPM(pl.LightningModule):
     ``ema_decay`` (CompVis fixes 0.9999), ``sampler`` (the sampler of ``log_images``, ``sample_log``
     and the post-training's validation lesion MAE: a name of :data:`ldm.samplers.SAMPLERS` or a
     ``{target, params}`` node; ``scripts/sample_LDM.py`` uses it unless ``--sampler`` is given),
-    ``log_ddim_steps`` (its steps for the samples in ``log_images``), ``compile_unet`` / ``compile_kwargs`` (run the UNet
-    through ``torch.compile(**compile_kwargs)``; the state dict is unchanged).
+    ``log_ddim_steps`` (its steps for the samples in ``log_images``), ``compile_unet`` /
+    ``compile_kwargs`` (run the UNet through ``torch.compile(**compile_kwargs)``; the state dict is unchanged).
     """
 
     def __init__(self, unet_config: Mapping, timesteps: int = 1000, beta_schedule: str = "linear",
