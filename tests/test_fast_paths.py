@@ -187,7 +187,8 @@ def test_bf16_autocast_of_lightnings_precision_is_close_to_float32(reference_sta
     assert torch.nn.functional.cosine_similarity(flat16, flat32, dim=0) > 0.99
 
 
-def test_sampling_in_bf16_is_close_to_float32(reference_state):
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++"])
+def test_sampling_in_bf16_is_close_to_float32(reference_state, sampler):
     from ldm.inference.slice_sampler import SliceSampler, make_slice_sampler
 
     model = build_ldm(_config([]))
@@ -199,8 +200,8 @@ def test_sampling_in_bf16_is_close_to_float32(reference_state):
     def noise(shape):
         return x_T.clone()
 
-    reference = SliceSampler(model, steps=4)(ctp, noise)
-    fast_sampler = make_slice_sampler(model, steps=4, eta=0.0, precision="bf16-mixed")
+    reference = SliceSampler(model, steps=4, sampler=sampler)(ctp, noise)
+    fast_sampler = make_slice_sampler(model, steps=4, eta=0.0, precision="bf16-mixed", sampler=sampler)
     dtypes = {"unet": [], "decoder": []}
     hooks = [module.register_forward_hook(lambda mod, args, out, key=key: dtypes[key].append(out.dtype))
              for key, module in (("unet", model.model.diffusion_model.input_blocks[0][0]),
