@@ -60,6 +60,23 @@ def noise_schedule_unsupported(name: str, model: Any) -> str | None:
     return None
 
 
+def start_latent(name: str, batch_size: int, shape: tuple[int, ...], conditioning: Any, x_T: torch.Tensor | None,
+                 device: torch.device, generator: torch.Generator | None = None,
+                 keep_float64: bool = False) -> torch.Tensor:
+    """The chain's state at its start for a sampler that starts from noise: a float32 copy of x_T on
+    ``device`` (float64 kept with ``keep_float64``), or N(0, I) drawn with ``generator``; the
+    conditioning's batch and x_T's shape are checked (``name`` names the sampler in the message)."""
+    if isinstance(conditioning, torch.Tensor) and conditioning.shape[0] != batch_size:
+        raise ValueError(f"{name}: conditioning has batch {conditioning.shape[0]} but batch_size is {batch_size}")
+    size = (batch_size, *shape)
+    if x_T is None:
+        return torch.randn(size, device=device, generator=generator)
+    if tuple(x_T.shape) != size:
+        raise ValueError(f"{name}: x_T has shape {tuple(x_T.shape)}, expected {size}")
+    dtype = torch.float64 if keep_float64 and x_T.dtype == torch.float64 else torch.float32
+    return x_T.to(device=device, dtype=dtype, copy=True)
+
+
 def predict_start(model: Any, x: torch.Tensor, model_output: torch.Tensor, sqrt_a: float, sqrt_1m_a: float,
                   out: torch.Tensor) -> torch.Tensor:
     """x0_hat into ``out`` from the model's output at a timestep with abar = a (paper Eq. 5 for eps)."""

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ldm.modules.diffusionmodules.schedules import make_ddim_sampling_parameters, make_ddim_timesteps
-from ldm.samplers.base import noise_schedule_unsupported
+from ldm.samplers.base import noise_schedule_unsupported, start_latent
 
 
 class DDIMSampler:
@@ -142,17 +142,10 @@ class DDIMSampler:
         Returns (latents, {"x_inter": [...], "pred_x0": [...]}), intermediates every
         ``log_every_t`` steps and at the last step, after the start x_T.
         """
-        if isinstance(conditioning, torch.Tensor) and conditioning.shape[0] != batch_size:
-            raise ValueError(f"DDIM: conditioning has batch {conditioning.shape[0]} but batch_size is {batch_size}")
         self.make_schedule(S, ddim_discretize=ddim_discretize, ddim_eta=eta, verbose=False)
         device = self._device()
-        size = (batch_size, *shape)
-        if x_T is None:
-            x = torch.randn(size, device=device, generator=noise_generator)
-        else:
-            if tuple(x_T.shape) != size:
-                raise ValueError(f"DDIM: x_T has shape {tuple(x_T.shape)}, expected {size}")
-            x = x_T.to(device=device, dtype=torch.float32, copy=True)
+        x = start_latent("DDIM", batch_size, shape, conditioning, x_T, device, noise_generator)
+        size = tuple(x.shape)
         pred_x0 = torch.empty_like(x)
         noise = torch.empty_like(x) if eta > 0 else None
         ts = torch.empty(batch_size, device=device, dtype=torch.long)

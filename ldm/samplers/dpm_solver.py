@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ldm.samplers.base import noise_schedule_unsupported, predict_start
+from ldm.samplers.base import noise_schedule_unsupported, predict_start, start_latent
 
 LOWER_ORDER_FINAL_BELOW = 15  # S below which the last step is first order
 
@@ -111,24 +111,14 @@ class DPMSolverPlusPlusSampler:
         self.check(S, eta)
         if step_noise is not None:
             raise ValueError("DPM-Solver++ draws no noise after x_T: step_noise does not apply")
-        if isinstance(conditioning, torch.Tensor) and conditioning.shape[0] != batch_size:
-            raise ValueError(f"DPM-Solver++: conditioning has batch {conditioning.shape[0]} but batch_size is "
-                             f"{batch_size}")
-        device = self.model.alphas_cumprod.device
-        size = (batch_size, *shape)
-        if x_T is None:
-            x = torch.randn(size, device=device, generator=noise_generator)
-        else:
-            if tuple(x_T.shape) != size:
-                raise ValueError(f"DPM-Solver++: x_T has shape {tuple(x_T.shape)}, expected {size}")
-            dtype = torch.float64 if x_T.dtype == torch.float64 else torch.float32
-            x = x_T.to(device=device, dtype=dtype, copy=True)
+        x = start_latent("DPM-Solver++", batch_size, shape, conditioning, x_T, self.model.alphas_cumprod.device,
+                         noise_generator, keep_float64=True)
         all_t = self._all_timesteps(S)
-        coefficients = dpm_solver_coefficients(self.model.alphas_cumprod.detach().double().cpu().numpy(), all_t,
-                                               self.lower_order_final)
-        abar = self.model.alphas_cumprod.detach().double().cpu().numpy()[all_t]
+        alphas_cumprod = self.model.alphas_cumprod.detach().double().cpu().numpy()
+        coefficients = dpm_solver_coefficients(alphas_cumprod, all_t, self.lower_order_final)
+        abar = alphas_cumprod[all_t]
         x0_hat, x0_prev = torch.empty_like(x), torch.empty_like(x)
-        ts = torch.empty(batch_size, device=device, dtype=torch.long)
+        ts = torch.empty(batch_size, device=x.device, dtype=torch.long)
         intermediates: dict[str, list[torch.Tensor]] = {"x_inter": [x.clone()], "pred_x0": [x.clone()]}
         iterator = tqdm(range(S), desc=f"DPM-Solver++ ({S} steps)", total=S, disable=not verbose)
         for i in iterator:
