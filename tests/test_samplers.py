@@ -32,7 +32,7 @@ def test_every_registered_sampler_offers_the_protocol():
     for name, target in SAMPLERS.items():
         cls, params = sampler_class(name)
         assert cls.name == name and params == {} and target.endswith(cls.__name__)
-        for attribute in ("unsupported", "check", "timesteps", "sample", "starts_from_noise", "per_slice_step_noise"):
+        for attribute in ("unsupported", "check", "timesteps", "sample", "starts_from_noise"):
             assert hasattr(cls, attribute), (name, attribute)
     assert sampler_class({"target": "ldm.samplers.dpm_solver.DPMSolverPlusPlusSampler",
                           "params": {"lower_order_final": False}}) == (DPMSolverPlusPlusSampler,

@@ -143,10 +143,10 @@ def test_interrupted_sampling_keeps_finished_samples(cohort, tmp_path):
     n_first = load_index(npy)["P001"].n_slices
 
     class Failing(FakeSliceSampler):
-        def __call__(self, ctp, noise, step_seed=None):
+        def __call__(self, ctp, noise):
             if sum(self.calls) >= n_first:
                 raise RuntimeError("CUDA out of memory (simulated)")
-            return super().__call__(ctp, noise, step_seed)
+            return super().__call__(ctp, noise)
 
     with pytest.raises(RuntimeError, match="simulated"):
         run(npy, tmp_path, Failing(), batch_size=n_first, seed=0)

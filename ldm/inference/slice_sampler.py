@@ -60,10 +60,9 @@ class SliceSampler:
         return contextlib.nullcontext()
 
     @torch.inference_mode()
-    def __call__(self, ctp: torch.Tensor, noise: NoiseFn, step_seed: int | None = None) -> torch.Tensor:
+    def __call__(self, ctp: torch.Tensor, noise: NoiseFn) -> torch.Tensor:
         """``noise(shape)`` returns per-slice seeded standard normal noise (B, *shape): x_T with shape
-        = (C, h, w) of the latent, and with eta > 0 the per-step noise, (S, C, h, w) per slice.
-        ``step_seed`` seeds the per-step noise of a sampler that cannot take it per slice."""
+        = (C, h, w) of the latent, and with eta > 0 the per-step noise, (S, C, h, w) per slice."""
         cond = self.model.get_learned_conditioning(ctp.to(self.device))
         shape = (int(self.model.channels), *cond.shape[-2:])
         x_T = None
@@ -71,13 +70,11 @@ class SliceSampler:
             x_T = noise(shape).to(self.device)
             if self.initial_noise == "zero_mean":
                 x_T = zero_mean_per_channel(x_T)
-        extra: dict = {}
-        if self.eta > 0 and self.sampler.per_slice_step_noise:
-            extra["step_noise"] = noise((self.n_evaluations, *shape)).transpose(0, 1).to(self.device)
-        elif self.eta > 0 and step_seed is not None:
-            extra["noise_generator"] = torch.Generator(device=self.device).manual_seed(step_seed)
+        step_noise = None
+        if self.eta > 0:  # a sampler that takes eta > 0 takes its noise as step_noise (ldm.samplers.base)
+            step_noise = noise((self.n_evaluations, *shape)).transpose(0, 1).to(self.device)
         latents, _ = self.sampler.sample(S=self.steps, batch_size=ctp.shape[0], shape=shape, conditioning=cond,
-                                         eta=self.eta, x_T=x_T, verbose=False, **extra)
+                                         eta=self.eta, x_T=x_T, verbose=False, step_noise=step_noise)
         # the decoder can overshoot slightly; the inverse normalisation is defined on [-1, 1]
         return self.model.decode_first_stage(latents.float()).clamp(-1.0, 1.0)
 
@@ -101,9 +98,9 @@ class AutocastSliceSampler:
     def ema_scope(self) -> contextlib.AbstractContextManager:
         return self.sampler.ema_scope()
 
-    def __call__(self, ctp: torch.Tensor, noise: NoiseFn, step_seed: int | None = None) -> torch.Tensor:
+    def __call__(self, ctp: torch.Tensor, noise: NoiseFn) -> torch.Tensor:
         with precision_context(self.device, self.precision):
-            return self.sampler(ctp, noise, step_seed=step_seed).float()
+            return self.sampler(ctp, noise).float()
 
 
 def make_slice_sampler(model: torch.nn.Module, steps: int, eta: float | None, precision: str = "32",

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from ldm.data.record import MODALITIES, CohortReference, PatientRecord
-from ldm.inference.seeding import slice_noise, stable_seed
+from ldm.inference.seeding import slice_noise
 from ldm.io import atomic_save_nifti
 from ldm.util import ConfigError
 
@@ -116,9 +116,8 @@ def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, 
                   progress: bool = True) -> SamplingReport:
     """Sample ``n_samples`` volumes per patient of ``records`` (``load_index(data_root)``).
 
-    ``sampler(ctp, noise, step_seed)`` is a slice sampler (ldm.inference.slice_sampler); x_T comes
-    from ``noise`` per slice, ``step_seed`` (for samplers that draw noise at every step) is derived
-    from the batch's first slice. ``reference`` gives CTP-only patients their intensity scale (see
+    ``sampler(ctp, noise)`` is a slice sampler (ldm.inference.slice_sampler); every noise it
+    draws (x_T, per-step noise) comes from ``noise``, per slice. ``reference`` gives CTP-only patients their intensity scale (see
     ldm.data.volume.slices_to_volume).
     """
     if n_samples < 1 or batch_size < 1:
@@ -158,9 +157,7 @@ def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, 
                 return torch.stack([slice_noise(seed, s.patient.patient_id, k, s.patient.slice_indices[j], shape)
                                     for s, k, j in entries])
 
-            first, k0, j0 = entries[0]
-            step_seed = stable_seed(seed, "steps", first.patient.patient_id, k0, first.patient.slice_indices[j0])
-            images = sampler(ctp, noise, step_seed=step_seed).float().cpu().numpy()
+            images = sampler(ctp, noise).float().cpu().numpy()
             for (s, k, j), image in zip(entries, images):
                 s.images[j] = image
                 s.left -= 1

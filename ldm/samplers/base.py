@@ -12,10 +12,10 @@ script written for DDIM drives any of them:
 and ``sampler.timesteps(S)`` gives the S timesteps at which the denoiser is evaluated, in the
 order visited (descending), so that a schedule can be checked without running the model.
 
-Class attributes tell the callers (ldm.inference.slice_sampler) how to feed a sampler:
-``starts_from_noise`` (False for a bridge, which starts at its source y) and
-``per_slice_step_noise`` (True when eta > 0 noise may be passed in as ``step_noise`` (S, B, C, H, W),
-so that it can be drawn per slice).
+``starts_from_noise`` tells the callers (ldm.inference.slice_sampler) whether to pass x_T (False
+for a bridge, which starts at its source y). A sampler that runs with eta > 0 takes its per-step
+noise as ``step_noise`` (S, B, C, H, W), so that callers can draw it per slice; one that cannot run
+with eta > 0 refuses it in ``check``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import torch
 class LatentSampler(Protocol):
     name: ClassVar[str]
     starts_from_noise: ClassVar[bool]
-    per_slice_step_noise: ClassVar[bool]
     model: Any
 
     @classmethod

@@ -83,7 +83,6 @@ class BridgeSampler:
 
     name = "bridge"
     starts_from_noise = False
-    per_slice_step_noise = True
 
     def __init__(self, model: BridgeModel) -> None:
         self.model = model

@@ -39,7 +39,6 @@ class DDIMSampler:
 
     name = "ddim"
     starts_from_noise = True
-    per_slice_step_noise = True
 
     def __init__(self, model: Any, schedule: str = "linear", **kwargs: Any) -> None:
         self.model = model

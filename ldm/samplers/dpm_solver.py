@@ -73,7 +73,6 @@ class DPMSolverPlusPlusSampler:
 
     name = "dpmsolver++"
     starts_from_noise = True
-    per_slice_step_noise = False
 
     def __init__(self, model: Any, lower_order_final: bool = True) -> None:
         self.model = model

@@ -63,7 +63,7 @@ class FakeSliceSampler:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, ctp, noise, step_seed=None):
+    def __call__(self, ctp, noise):
         x_T = noise((3, ctp.shape[-2] // 4, ctp.shape[-1] // 4))
         self.calls.append(ctp.shape[0])
         up = F.interpolate(x_T[:, :2], size=ctp.shape[-2:], mode="nearest")
