@@ -43,7 +43,6 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file path (as in the reference README): make the repo importable
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from ldm.data.brain_mask import derive_brain_mask
 from ldm.data.cropping import InPlaneWindow, brain_window
 from ldm.data.harmonisation import Harmonisation, harmonise
 from ldm.data.normalization import CTP_RANGE_HU, percentile_range, scale_to_unit
@@ -51,7 +50,7 @@ from ldm.data.slice_selection import SLICE_RULES, select_slices
 from ldm.data.record import (INDEX_FILE, INDEX_VERSION, RECORD_FILE, REFERENCE_FILE, CohortReference,
                              PatientRecord, load_reference)
 from ldm.data.resampling import PAPER_SPACING, SPACING_TOLERANCE, at_spacing, check_spacing, format_spacing
-from ldm.data.validation import PatientError, PatientVolumes, load_patient
+from ldm.data.validation import PatientError, PatientVolumes, load_patient, with_brain_mask
 from ldm.io import atomic_write_json, remove_stale_staging, staged_folder
 
 STORAGE_DTYPE = np.float16
@@ -141,13 +140,8 @@ def _build(volumes: PatientVolumes, size: tuple[int, int], slice_rule: str = "re
     """Slices and record of a patient on its model grid; ``harmonisation`` (harmonise()) says
     which source grid and time axis that grid came from (None: the volumes are the source)."""
     pid = volumes.patient_id
-    notes: list[str] = []
-    mask, mask_source = volumes.mask, "given"
-    if mask is None:
-        mask, mask_source = derive_brain_mask(volumes.ctp, zooms=volumes.zooms), "derived from ctp"
-        if not mask.any():
-            raise PatientError(f"patient {pid}: ctp.nii.gz: no brain found (derived brain mask is empty); "
-                               f"provide mask.nii.gz")
+    volumes, notes = with_brain_mask(volumes)  # the given mask, else derived from the CTP (validation.py)
+    mask, mask_source = volumes.mask, volumes.mask_source
     kept = select_slices(mask, slice_rule, dwi=volumes.dwi, adc=volumes.adc, ctp=volumes.ctp)
     if kept.size == 0:
         maps = "DWI, ADC and CTP" if volumes.has_mri else "CTP"
@@ -213,6 +207,8 @@ def preprocess_patient(folder: str | Path, output_dir: str | Path, size: tuple[i
     folder, output_dir = Path(folder), Path(output_dir)
     volumes, harmonisation = harmonise(load_patient(folder, n_timepoints), spacing, n_timepoints)
     record, arrays, notes = _build(volumes, tuple(int(s) for s in size), slice_rule, harmonisation)
+    notes = volumes.notes + notes  # what reading corrected or thresholded (validation.py), said once
+    record.checks = dict(volumes.checks)
     output_dir.mkdir(parents=True, exist_ok=True)
     with staged_folder(output_dir / record.patient_id) as tmp:
         for name, array in arrays.items():

@@ -87,6 +87,8 @@ class PatientRecord:
     frame_times: list[float] | None = None
     sample_times: list[float] | None = None
     data_dir: str | None = None
+    # the plausibility measurements of the raw maps and what was corrected (validation.py, docs/data.md)
+    checks: dict = field(default_factory=dict)
 
     @property
     def resampled(self) -> bool:
