@@ -110,16 +110,10 @@ def parse_pair(text: str) -> tuple[str, str]:
     return a, b
 
 
-def largest_lesions(gt_dir: Path, patients: list[str], k: int) -> list[str]:
-    """The ``k`` patients with the largest lesion volume (patients without lesion last)."""
-    import nibabel as nib
-    import numpy as np
-
-    volume = {}
-    for pid in patients:
-        path = next((gt_dir / pid / f"lesion{s}" for s in (".nii.gz", ".nii") if (gt_dir / pid / f"lesion{s}").is_file()), None)
-        volume[pid] = 0 if path is None else int((np.asarray(nib.load(str(path)).dataobj) > 0).sum())
-    return sorted(patients, key=lambda p: (-volume[p], p))[:k]
+def largest_lesions(lesion_voxels: dict[str, int], patients: list[str], k: int) -> list[str]:
+    """The ``k`` patients with the largest lesion (voxels as evaluation read them: > 0.5, inside the
+    brain), patients without lesion last."""
+    return sorted(patients, key=lambda p: (-lesion_voxels.get(p, 0), p))[:k]
 
 
 def run(opt: argparse.Namespace) -> int:
@@ -176,7 +170,7 @@ def run(opt: argparse.Namespace) -> int:
     atomic_write_text(out / "table1.md", markdown)
 
     scored = sorted(set.intersection(*(set(r.patients) for r in evaluation.runs)))
-    chosen = opt.panels if opt.panels else largest_lesions(Path(opt.gt), scored, max(opt.n_panels, 0))
+    chosen = opt.panels if opt.panels else largest_lesions(evaluation.lesion_voxels, scored, max(opt.n_panels, 0))
     unknown = [p for p in chosen if p not in scored]
     if unknown:
         print(f"panels: patient(s) {', '.join(unknown)} were not scored in every run: not rendered")

@@ -6,12 +6,12 @@ The thresholds and where they come from are in docs/data.md ("Plausibility check
   tissue 600 - 1200, CSF up to about 3500, an infarct core down to about 400). A median in that range
   divided by 1000 is the same map in 10^-3 mm^2/s, divided by 10^6 in mm^2/s: both are converted
   (the factor is exact). Any other median is no ADC unit we know.
-- DWI vs ADC: CSF is bright on ADC (about 4 x the brain median) and dark on a b = 1000 DWI (about
-  0.2 x), so where one map is more than ``CSF_CONTRAST`` times brighter than the other (each
-  relative to its brain median) the brighter one is the ADC. A lesion goes the other way (bright DWI,
-  dark ADC) but never that far. The pair is as named, swapped, or unclear (too few such voxels, e.g.
-  a mask without CSF); two maps that are one image (correlation above ``SAME_MAP_CORRELATION``) are no
-  DWI/ADC pair.
+- DWI vs ADC: CSF is bright on ADC (about 4 x white matter) and dark on a b = 1000 DWI (about 0.2 x),
+  so the ratio of CSF to tissue signal runs opposite ways in the two maps. CSF and tissue are found
+  on the CTP (its temporal mean in HU), which is independent of both maps; a ratio of at least
+  ``CSF_BRIGHT`` is bright CSF, at most its inverse dark CSF. The pair is as named, swapped, or
+  unclear (no CTP, too few CSF voxels, no contrast); two maps that are one image (correlation above
+  ``SAME_MAP_CORRELATION``) are no DWI/ADC pair.
 - CTP: the median of the first frame (before the bolus arrives) inside the brain lies in
   ``CTP_BASELINE_HU`` (brain tissue is 20 - 60 HU before contrast). A baseline 1024 higher is a series
   whose rescale intercept (-1024) was not applied: corrected. Without a brain mask the same offset
@@ -32,9 +32,10 @@ from ldm.data.brain_mask import SOFT_TISSUE_HU
 ADC_MEDIAN_RANGE = (300.0, 2500.0)  # brain median, 10^-6 mm^2/s
 # unit name, factor to 10^-6 mm^2/s; checked in this order
 ADC_UNITS = (("10^-6 mm^2/s", 1.0), ("10^-3 mm^2/s", 1e3), ("mm^2/s", 1e6))
-CSF_CONTRAST = 5.0  # ratio of the two maps (each over its brain median) that only CSF reaches
-CSF_MIN_SHARE = 0.002  # share of the brain that must show it before the evidence counts
-CSF_DOMINANCE = 5.0  # ... and how many times more voxels than the other way
+CSF_HU = (-15.0, 15.0)  # temporal-mean CTP of CSF (0-15 HU); white matter 20-30, grey matter 35-45
+TISSUE_HU = (20.0, 60.0)  # temporal-mean CTP of white and grey matter (with the bolus' enhancement)
+CSF_BRIGHT = 1.5  # CSF / tissue ratio of a map at or above this: CSF bright (ADC); at or below 1/1.5: dark (DWI)
+MIN_CSF_VOXELS = 10  # fewer CSF (or tissue) voxels: the pair cannot be told apart
 SAME_MAP_CORRELATION = 0.99
 CTP_BASELINE_HU = (10.0, 100.0)  # brain median of the first frame
 HU_OFFSET = 1024.0  # the usual rescale intercept (stored value 0 = -1024 HU)
@@ -95,74 +96,104 @@ def check_adc_unit(who: str, file: str, adc: np.ndarray, brain: np.ndarray
 
 
 @dataclass(frozen=True)
-class DiffusionContrast:
-    """How two maps relate where CSF is: ``csf_share`` of the brain is CSF-like for the pair as named
-    (ADC bright, DWI dark, ratio above CSF_CONTRAST), ``reversed_share`` the other way round;
-    ``dwi_ratio``/``adc_ratio`` are each map's median there over its brain median (of the larger set)."""
+class CtpSummary:
+    """What the DWI/ADC check needs of a CTP (X, Y, Z, T) in HU: its temporal mean (HU) and whether
+    each voxel's curve changes over time (the zero fill around a stripped brain does not)."""
 
-    csf_share: float
-    reversed_share: float
-    correlation: float
+    mean: np.ndarray
+    varying: np.ndarray
+
+    @classmethod
+    def of(cls, ctp: np.ndarray) -> "CtpSummary":
+        ctp = np.asarray(ctp)
+        return cls(ctp.mean(axis=-1, dtype=np.float32), ctp.max(axis=-1) > ctp.min(axis=-1))
+
+
+def csf_and_tissue(ctp: CtpSummary, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSF and brain tissue told by the CTP, on the MRI's grid: brain voxels whose curve changes over
+    time with a temporal mean in ``CSF_HU`` (CSF) or ``TISSUE_HU`` (white and grey matter; vessels are
+    brighter). The CTP knows nothing of DWI and ADC, so it can tell which is which."""
+    inside = np.asarray(brain, dtype=bool) & ctp.varying
+    csf = inside & (ctp.mean >= CSF_HU[0]) & (ctp.mean < CSF_HU[1])
+    tissue = inside & (ctp.mean >= TISSUE_HU[0]) & (ctp.mean <= TISSUE_HU[1])
+    return csf, tissue
+
+
+@dataclass(frozen=True)
+class DiffusionContrast:
+    """CSF against tissue on a DWI/ADC pair: each map's median over the CSF voxels divided by its
+    median over the tissue voxels (``csf`` and ``tissue`` voxel counts, from :func:`csf_and_tissue`),
+    and the correlation of the two maps inside the brain."""
+
+    csf_voxels: int
+    tissue_voxels: int
     dwi_ratio: float
     adc_ratio: float
+    correlation: float
 
     @property
     def verdict(self) -> str:
-        """'as named', 'swapped', 'same image' or 'unclear'."""
+        """'as named', 'swapped', 'same image' or 'unclear' (no CTP, too little CSF, no contrast)."""
         if self.correlation > SAME_MAP_CORRELATION:
             return "same image"
-        if self.csf_share >= CSF_MIN_SHARE and self.csf_share >= CSF_DOMINANCE * self.reversed_share:
+        if min(self.csf_voxels, self.tissue_voxels) < MIN_CSF_VOXELS or not (
+                np.isfinite(self.dwi_ratio) and np.isfinite(self.adc_ratio)):
+            return "unclear"
+        if self.adc_ratio >= CSF_BRIGHT and self.dwi_ratio <= 1.0 / CSF_BRIGHT:
             return "as named"
-        if self.reversed_share >= CSF_MIN_SHARE and self.reversed_share >= CSF_DOMINANCE * self.csf_share:
+        if self.dwi_ratio >= CSF_BRIGHT and self.adc_ratio <= 1.0 / CSF_BRIGHT:
             return "swapped"
         return "unclear"
 
     def to_json(self) -> dict:
-        return {"verdict": self.verdict, "csf_share": round(self.csf_share, 5),
-                "reversed_share": round(self.reversed_share, 5), "correlation": round(self.correlation, 4)}
+        def number(v: float) -> float | None:
+            return round(float(v), 4) if np.isfinite(v) else None
+
+        return {"verdict": self.verdict, "csf_voxels": self.csf_voxels, "tissue_voxels": self.tissue_voxels,
+                "dwi_csf_ratio": number(self.dwi_ratio), "adc_csf_ratio": number(self.adc_ratio),
+                "correlation": number(self.correlation)}
 
 
-def diffusion_contrast(dwi: np.ndarray, adc: np.ndarray, brain: np.ndarray) -> DiffusionContrast:
-    """:class:`DiffusionContrast` of a DWI/ADC pair inside ``brain`` (voxels where either is <= 0 are
-    left out: no ratio there)."""
+def _ratio(volume: np.ndarray, csf: np.ndarray, tissue: np.ndarray) -> float:
+    if not (csf.any() and tissue.any()):
+        return float("nan")
+    base = float(np.median(volume[tissue]))
+    return float(np.median(volume[csf])) / base if base > 0 else float("nan")
+
+
+def diffusion_contrast(dwi: np.ndarray, adc: np.ndarray, brain: np.ndarray,
+                       ctp: CtpSummary | None) -> DiffusionContrast:
+    """:class:`DiffusionContrast` of a DWI/ADC pair inside ``brain``, CSF and tissue found on ``ctp``
+    (on the same grid; None: no CTP, the pair cannot be told apart and only 'same image' is checked)."""
     brain = np.asarray(brain, dtype=bool)
-    d = np.asarray(dwi, dtype=np.float64)[brain]
-    a = np.asarray(adc, dtype=np.float64)[brain]
-    n = max(int(brain.sum()), 1)
-    valid = (d > 0) & (a > 0)
-    if valid.sum() < 2:
-        return DiffusionContrast(0.0, 0.0, float("nan"), float("nan"), float("nan"))
-    d, a = d[valid] / np.median(d), a[valid] / np.median(a)  # medians over the brain, zeros included
-    ratio = a / d
-    csf, reverse = ratio > CSF_CONTRAST, ratio < 1.0 / CSF_CONTRAST
-    chosen = csf if csf.sum() >= reverse.sum() else reverse
-    with np.errstate(invalid="ignore"):
-        correlation = float(np.corrcoef(d, a)[0, 1]) if d.std() > 0 and a.std() > 0 else float("nan")
-    return DiffusionContrast(
-        csf_share=float(csf.sum()) / n, reversed_share=float(reverse.sum()) / n,
-        correlation=correlation if np.isfinite(correlation) else 0.0,
-        dwi_ratio=float(np.median(d[chosen])) if chosen.any() else float("nan"),
-        adc_ratio=float(np.median(a[chosen])) if chosen.any() else float("nan"))
+    d, a = np.asarray(dwi)[brain].astype(np.float64), np.asarray(adc)[brain].astype(np.float64)
+    correlation = 0.0
+    if d.size > 2 and d.std() > 0 and a.std() > 0:
+        correlation = float(np.corrcoef(d, a)[0, 1])
+    if ctp is None:
+        return DiffusionContrast(0, 0, float("nan"), float("nan"), correlation)
+    csf, tissue = csf_and_tissue(ctp, brain)
+    return DiffusionContrast(int(csf.sum()), int(tissue.sum()), _ratio(np.asarray(dwi), csf, tissue),
+                             _ratio(np.asarray(adc), csf, tissue), correlation)
 
 
 def check_diffusion_pair(who: str, files: tuple[str, str], dwi: np.ndarray, adc: np.ndarray,
-                         brain: np.ndarray) -> DiffusionContrast:
+                         brain: np.ndarray, ctp: CtpSummary | None) -> DiffusionContrast:
     """Refuse a pair whose contrast says it is swapped or one image; return the measurement.
 
     A swap is refused, not corrected (docs/data.md): the evidence is a statistic of the images, and
     a wrong "correction" would exchange the channels of a good patient without a word.
     """
-    contrast = diffusion_contrast(dwi, adc, brain)
+    contrast = diffusion_contrast(dwi, adc, brain, ctp)
     dwi_file, adc_file = files
     if contrast.verdict == "same image":
         raise ImplausibleMap(f"{who}: {dwi_file} and {adc_file} are one image (correlation "
                              f"{contrast.correlation:.4f} inside the brain), not a DWI and an ADC")
     if contrast.verdict == "swapped":
         raise ImplausibleMap(
-            f"{who}: {dwi_file} and {adc_file} look swapped: in {100 * contrast.reversed_share:.1f}% of the brain "
-            f"{dwi_file} is bright ({contrast.dwi_ratio:.2g} x its median) where {adc_file} is dark "
-            f"({contrast.adc_ratio:.2g} x), as CSF is on an ADC and not on a b=1000 DWI "
-            f"({100 * contrast.csf_share:.1f}% the other way); exchange the two files if so")
+            f"{who}: {dwi_file} and {adc_file} look swapped: CSF (found on the CTP, {contrast.csf_voxels} voxels) "
+            f"is {contrast.dwi_ratio:.2f} x white/grey matter on {dwi_file} and {contrast.adc_ratio:.2f} x on "
+            f"{adc_file}, but CSF is bright on an ADC and dark on a b=1000 DWI; exchange the two files if so")
     return contrast
 
 

@@ -305,7 +305,13 @@ def check_maps(volumes: PatientVolumes, files: dict[str, str] | None = None) -> 
     adc, lesion = volumes.adc, volumes.lesion
     if volumes.has_mri:
         checks["dwi_median"] = round(plausibility.check_dwi_signal(who, files["dwi"], volumes.dwi, region), 4)
-        contrast = plausibility.check_diffusion_pair(who, (files["dwi"], files["adc"]), volumes.dwi, adc, region)
+        summary = None
+        if ctp is not None:  # CSF and tissue are found on the CTP, on the MRI's grid
+            summary = plausibility.CtpSummary.of(ctp)
+            if volumes.ctp_affine is not None:
+                summary = plausibility.CtpSummary(on_grid(summary.mean), on_grid(summary.varying, mask=True))
+        contrast = plausibility.check_diffusion_pair(who, (files["dwi"], files["adc"]), volumes.dwi, adc, region,
+                                                     summary)
         checks["dwi_adc_contrast"] = contrast.to_json()
         adc, correction, median = plausibility.check_adc_unit(who, files["adc"], adc, region)
         checks["adc_median"] = round(median, 2)

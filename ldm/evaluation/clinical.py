@@ -8,7 +8,9 @@ optional minimum cluster size removes connected components (26-connectivity: vox
 a face, an edge or a corner) smaller than ``min_cluster_ml``; it is off by default.
 
 Volumes are in ml from the voxel size in the NIfTI header (``pixdim``, ``header.get_zooms()``) of
-the patient's ground-truth brain mask, so anisotropic voxels (e.g. 1 x 1 x 5 mm) count correctly.
+the patient's ground-truth DWI (the grid its brain mask, given or derived from the CTP, and lesion
+share), so anisotropic voxels (e.g. 1 x 1 x 5 mm) count correctly. The ground truth's ADC must be in
+10^-6 mm^2/s (:func:`require_adc_units`), as the threshold is.
 Undefined values are None (empty CSV cell, a dash in tables), never NaN: the relative volume
 error when the true core is 0 ml. The Dice of two empty masks is defined as 1 (both agree that
 there is no core); a patient without lesion is an ordinary case with a lesion volume of 0 ml.
@@ -22,12 +24,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ldm.data import plausibility
 from ldm.evaluation.volumes import (
     MODALITIES,
     EvaluationInputError,
     GroundTruth,
     _nifti,  # the ground-truth file lookup (.nii.gz or .nii), shared with the loaders
-    load_prediction,
+    predicted_map,
     prediction_files,
 )
 
@@ -107,12 +110,23 @@ def core_readout(gt: GroundTruth, pred_adc: np.ndarray, voxel_ml: float, thresho
 
 
 def ground_truth_voxel_ml(gt: GroundTruth) -> float:
-    """Voxel volume (ml) from the header of the patient's ground-truth brain mask."""
-    path = _nifti(gt.folder, "mask")
+    """Voxel volume (ml) from the header of the patient's ground-truth DWI (its mask, given or
+    derived, and lesion share that grid)."""
+    path = _nifti(gt.folder, gt.geometry_file.split(".nii")[0])
     try:
         return voxel_volume_ml(nib.load(str(path)).header)
     except ValueError as e:
         raise EvaluationInputError(f"patient {gt.patient_id}: {path.name}: {e}") from e
+
+
+def require_adc_units(gt: GroundTruth) -> None:
+    """The core threshold is in 10^-6 mm^2/s: refuse a ground truth whose ADC is not (the loader
+    converts what it can identify; this guards any other way in)."""
+    median = plausibility.brain_median(gt.adc, gt.mask)
+    unit = plausibility.adc_unit(median)
+    if unit is None or unit[1] != 1.0:
+        raise EvaluationInputError(f"patient {gt.patient_id}: ground truth adc.nii.gz has a brain median of "
+                                   f"{median:.4g}: not an ADC in 10^-6 mm^2/s, which the core threshold is in")
 
 
 def patient_readouts(gt: GroundTruth, pred_folder: str | Path, voxel_ml: float, true_core: np.ndarray,
@@ -125,7 +139,7 @@ def patient_readouts(gt: GroundTruth, pred_folder: str | Path, voxel_ml: float, 
         raise EvaluationInputError(f"patient {gt.patient_id}: no dwi_sample_k/adc_sample_k pair in "
                                    f"{str(pred_folder)!r}")
     return [{"patient_id": gt.patient_id, "sample": k,
-             **core_readout(gt, load_prediction(path, gt), voxel_ml, threshold, min_cluster_ml, true_core)}
+             **core_readout(gt, predicted_map(path, gt, "adc"), voxel_ml, threshold, min_cluster_ml, true_core)}
             for k, path in samples.items()]
 
 

@@ -30,6 +30,7 @@ from ldm.evaluation.clinical import (
     first_sample_rows,
     ground_truth_voxel_ml,
     patient_readouts,
+    require_adc_units,
     segment_core,
 )
 from ldm.evaluation.clinical_plots import bland_altman_png, uncertainty_png
@@ -102,10 +103,14 @@ def collect(runs: Mapping[str, tuple[Path, Sequence[str]]], gt_dir: str | Path, 
     folders = patient_folders(gt_dir)
     per_patient: list[dict] = []
     parts: dict[tuple[str, str], list] = {}
+    converted: dict[str, float] = {}
     for pid in sorted({p for _, patients in runs.values() for p in patients}):
         if pid not in folders:
             raise EvaluationInputError(f"patient {pid}: no ground-truth folder in {str(gt_dir)!r}")
         gt = load_ground_truth(folders[pid])
+        require_adc_units(gt)
+        if "adc" in gt.checks.get("corrections", {}):  # converted on reading: the notes say so
+            converted[pid] = gt.checks["corrections"]["adc"]["factor"]
         voxel_ml = ground_truth_voxel_ml(gt)
         true_core = segment_core(gt.adc, gt.mask, threshold, cluster_voxels(min_cluster_ml, voxel_ml))
         for name, (pred_dir, patients) in runs.items():
@@ -123,7 +128,8 @@ def collect(runs: Mapping[str, tuple[Path, Sequence[str]]], gt_dir: str | Path, 
     first = first_sample_rows(per_patient)
     agreement = [agreement_row(name, [r for r in first if r["run"] == name], core_threshold_ml) for name in runs]
     parts = dict(sorted(parts.items(), key=lambda kv: (order[kv[0][0]], kv[0][1] != "dwi")))
-    settings = {"adc_threshold": threshold, "min_cluster_ml": min_cluster_ml, "core_threshold_ml": core_threshold_ml}
+    settings = {"adc_threshold": threshold, "min_cluster_ml": min_cluster_ml, "core_threshold_ml": core_threshold_ml,
+                "adc_converted": converted}
     return ClinicalResults(per_patient, agreement, uncertainty_rows(parts), settings)
 
 
@@ -176,7 +182,7 @@ def clinical_notes(results: ClinicalResults) -> list[str]:
     notes = [
         f"Ischemic core: ADC < {s['adc_threshold']:g} x 10^-6 mm^2/s inside the brain mask (the RAPID definition, "
         f"Purushotham et al., Int J Stroke 2015), {cluster}; the same rule on the synthesised and on the true ADC. "
-        "Volumes in ml from the voxel size in each patient's mask.nii.gz header.",
+        "Volumes in ml from the voxel size in each patient's dwi.nii.gz header.",
         "One synthesised study per patient: its first sample (k = 0); every sample's numbers are in "
         "clinical_per_patient.csv.",
         "Diff. = synthesised - true-ADC core; 95% limits of agreement = mean +- 1.96 SD (Bland & Altman 1986). "
@@ -188,6 +194,9 @@ def clinical_notes(results: ClinicalResults) -> list[str]:
     ]
     if no_core:
         notes.append(f"{len(no_core)} patient(s) without true-ADC core: {', '.join(no_core)}.")
+    if s.get("adc_converted"):
+        notes.append("Ground-truth ADC converted to 10^-6 mm^2/s on reading (its brain median gave the unit): "
+                     + ", ".join(f"{pid} (x {factor:g})" for pid, factor in sorted(s["adc_converted"].items())) + ".")
     notes.append("An ADC-threshold core is a proxy for the infarct core, and the lesion masks may come from other "
                  "(e.g. follow-up) imaging than the acute ADC; these numbers describe agreement with the ground-truth "
                  "ADC, they are not clinical validation. On the synthetic cohort they are not clinical evidence.")

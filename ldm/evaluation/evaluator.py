@@ -30,7 +30,7 @@ from ldm.evaluation.volumes import (
     EvaluationInputError,
     GroundTruth,
     load_ground_truth,
-    load_prediction,
+    load_prediction_pair,
     patient_folders,
     prediction_files,
 )
@@ -62,12 +62,14 @@ class Evaluation:
     slice_rule: str = "reference"
     patients_without_ctp: list[str] = field(default_factory=list)
     choices: MetricChoices = field(default_factory=MetricChoices)
+    lesion_voxels: dict[str, int] = field(default_factory=dict)  # ground-truth lesion (> 0.5, in the brain)
 
 
 @dataclass
 class _Scored:
     rows: list[dict]
     features: dict[str, list[np.ndarray]]
+    notes: list[str] = field(default_factory=list)  # what reading the predictions converted
 
 
 def _score_patient(run_name: str, gt: GroundTruth, pred_folder: Path, slices: np.ndarray,
@@ -80,16 +82,18 @@ def _score_patient(run_name: str, gt: GroundTruth, pred_folder: Path, slices: np
     scale_set = scale_set_for(*gt.shape[:2])
     lesion = axial_stack(gt.lesion, slices)
     brain = axial_stack(gt.mask, slices)
-    rows, feats = [], {m: [] for m in MODALITIES}
+    rows, feats, notes = [], {m: [] for m in MODALITIES}, []
     for k, paths in complete.items():
+        predicted, pair_notes = load_prediction_pair(paths, gt)  # readable, on the grid, not swapped
+        notes += pair_notes
         for modality in MODALITIES:
-            x, x_hat = unit_range_pair(gt, modality, load_prediction(paths[modality], gt))
+            x, x_hat = unit_range_pair(gt, modality, predicted[modality])
             x_hat = axial_stack(x_hat, slices)
             scores = score_slices(axial_stack(x, slices), x_hat, lesion, brain, scale_set)
             rows += slice_rows(run_name, gt.patient_id, k, modality, slices, scores)
             if features is not None:
                 feats[modality].append(features(x_hat))
-    return _Scored(rows, feats)
+    return _Scored(rows, feats, notes)
 
 
 def evaluate_runs(runs: Mapping[str, str | Path], gt_dir: str | Path, *,
@@ -130,6 +134,7 @@ def evaluate_runs(runs: Mapping[str, str | Path], gt_dir: str | Path, *,
     scored: dict[str, dict[str, _Scored]] = {r.name: {} for r in reports}
     real: dict[str, dict[str, np.ndarray]] = {}
     lesion_patients, without_ctp, settings = set(), [], {}
+    lesion_voxels: dict[str, int] = {}
     for pid, folder in tqdm(gt_folders.items(), desc="evaluating patients", unit="patient"):
         try:
             gt = load_ground_truth(folder)
@@ -140,6 +145,9 @@ def evaluate_runs(runs: Mapping[str, str | Path], gt_dir: str | Path, *,
                 report.excluded[pid] = str(e)
             log(f"{e}: left out of every run")
             continue
+        for note in gt.notes:  # corrected or thresholded on reading: said once per patient
+            log(note)
+        lesion_voxels[pid] = int(gt.lesion.sum())
         if gt.ctp is None and slice_rule == "reference":
             without_ctp.append(pid)
         slices = gt.scored_slices(slice_rule)
@@ -161,6 +169,9 @@ def evaluate_runs(runs: Mapping[str, str | Path], gt_dir: str | Path, *,
                 scored[report.name][pid] = _score_patient(report.name, gt, pred_folder, slices, features)
             except EvaluationInputError as e:
                 problem(report, pid, str(e))
+                continue
+            for note in scored[report.name][pid].notes:
+                log(f"run {report.name}: {note}")
         if features is not None and any(pid in s for s in scored.values()):
             real[pid] = {m: features(axial_stack(unit_range_pair(gt, m, getattr(gt, m))[0], slices))
                          for m in MODALITIES}
@@ -190,7 +201,7 @@ def evaluate_runs(runs: Mapping[str, str | Path], gt_dir: str | Path, *,
         report.fid, report.fid_note = _fid(real_features, fake, features, fid_skip_reason)
     without_lesion = sorted(common - lesion_patients)
     return Evaluation(Path(gt_dir), reports, without_lesion, settings, fid_skip_reason, slice_rule,
-                      sorted(without_ctp), choices or MetricChoices())
+                      sorted(without_ctp), choices or MetricChoices(), lesion_voxels=lesion_voxels)
 
 
 def _fid(real: dict[str, list] | None, fake: dict[str, list], features: InceptionFeatures | None,

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ldm.evaluation.intensity import percentile_window, to_unit_range
-from ldm.evaluation.volumes import MODALITIES, GroundTruth, load_ground_truth, load_prediction, prediction_files
+from ldm.evaluation.volumes import MODALITIES, GroundTruth, load_ground_truth, predicted_map, prediction_files
 from ldm.io import atomic_path
 
 CELL_INCHES = 2.0
@@ -55,7 +55,7 @@ def panel_row(gt: GroundTruth, runs: Mapping[str, str | Path], sample: int = 0) 
             paths = prediction_files(Path(pred_dir) / gt.patient_id).get(sample, {})
             titles.append(f"{modality.upper()} {name}")
             if modality in paths:
-                images.append(to_unit_range(load_prediction(paths[modality], gt), window, gt.mask)[:, :, z])
+                images.append(to_unit_range(predicted_map(paths[modality], gt, modality), window, gt.mask)[:, :, z])
             else:
                 images.append(None)
     return titles, images, gt.lesion[:, :, z], z
