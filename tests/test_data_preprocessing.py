@@ -185,7 +185,7 @@ def test_each_bad_input_is_rejected_with_its_message_and_leaves_no_output(tmp_pa
     for pid, message in expected.items():
         assert failures[pid].startswith(message), failures[pid]
         assert "\n" not in failures[pid]
-    assert sorted(p.name for p in out.iterdir()) == ["GOOD", INDEX_FILE, REFERENCE_FILE]
+    assert sorted(p.name for p in out.iterdir()) == ["GOOD", "cohort_report.csv", INDEX_FILE, REFERENCE_FILE]
     index = json.loads((out / INDEX_FILE).read_text())
     assert list(index["patients"]) == ["GOOD"] and sorted(index["failed"]) == sorted(expected)
 

@@ -20,8 +20,11 @@ Per subject: the CTP is resampled in time to the model's frame count (timepoints
 sidecar JSON or the header, else uniform), every map onto the DWI's grid at the target spacing
 (resampling.py: images linear, the lesion by fraction > 0.5), a brain mask is derived from the CTP
 (brain_mask.py: ISLES'24 CTP is not skull-stripped) and the CTP is skull-stripped with it, as the
-paper's. The split is seeded and patient-level over the complete subjects; subjects with a missing
-file are reported by name and skipped, and so is a subject whose files cannot be used (e.g. a CTP
+paper's. Every map is read and checked as the patient loader does (ldm/data/validation.py and
+plausibility.py, docs/data.md): a CTP stored without its rescale intercept is corrected, an ADC in
+10^-3 mm^2/s or mm^2/s converted, each said in one line (and in the manifest); a swapped DWI/ADC pair
+or an implausible map skips the subject by name. The split is seeded and patient-level over the
+complete subjects; subjects with a missing file are reported by name and skipped, and so is a subject whose files cannot be used (e.g. a CTP
 with fewer frames than the target). Each patient folder appears whole or not at all; ``manifest.json``
 records the source files, spacing, frames and split.
 
@@ -41,9 +44,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ldm.data.brain_mask import derive_brain_mask
+from ldm.data import plausibility
 from ldm.data.resampling import PAPER_SPACING, Grid, affine_zooms, resample, target_grid
 from ldm.data.timepoints import read_frame_times, resample_frames
+from ldm.data.validation import PatientError, binary_mask, brain_from_ctp, check_diffusion, read_map, thresholded_note
 from ldm.io import atomic_write_json, remove_stale_staging, staged_folder
 
 # map: (session folders, file suffix after "<subject>_<session>_")
@@ -71,6 +75,7 @@ class ImportSummary:
         counts = {s: sum(1 for e in self.imported.values() if e["split"] == s) for s in SPLITS}
         lines = [f"imported {len(self.imported)} subjects into {self.output_dir} "
                  f"(train {counts['train']}, val {counts['val']}, test {counts['test']})"]
+        lines += [note for _, entry in sorted(self.imported.items()) for note in entry.get("notes", [])]
         if self.skipped:
             lines.append(f"skipped ({len(self.skipped)}):")
             lines += [f"  {message}" for _, message in sorted(self.skipped.items())]
@@ -118,17 +123,15 @@ def split_subjects(subjects: Sequence[str], fractions: Sequence[float], seed: in
 
 
 def _read(subject: str, path: Path, ndim: int) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The patient loader's reading (validation.read_map), its errors as SubjectError."""
     try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)
-    except Exception as e:  # nibabel raises many types for a corrupt file
-        raise SubjectError(f"{subject}: {path.name} cannot be read ({type(e).__name__}: {e})") from e
+        image, data = read_map(subject, path)
+    except PatientError as e:
+        raise SubjectError(str(e)) from e
     if ndim == 3 and data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != ndim:
         raise SubjectError(f"{subject}: {path.name} is {data.ndim}-D, expected {ndim}-D")
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
-        raise SubjectError(f"{subject}: {path.name} has NaN/inf values")
     return image, data
 
 
@@ -143,7 +146,17 @@ def _nifti(data: np.ndarray, grid: Grid, time_step: float | None = None) -> nib.
 
 
 def import_subject(files: dict[str, Path], folder: Path, spacing: Sequence[float], n_timepoints: int) -> dict:
-    """Write one subject into ``folder`` (a staging folder); return its manifest entry."""
+    """Write one subject into ``folder`` (a staging folder); return its manifest entry (with the
+    ``notes`` of what was corrected or thresholded). The maps are checked as the patient loader checks
+    them (validation.py): a CTP without its rescale intercept is corrected, an ADC in 10^-3 mm^2/s or
+    mm^2/s converted, a swapped DWI/ADC pair or an implausible map refused."""
+    try:
+        return _import_subject(files, folder, spacing, n_timepoints)
+    except (PatientError, plausibility.ImplausibleMap) as e:
+        raise SubjectError(str(e)) from e
+
+
+def _import_subject(files: dict[str, Path], folder: Path, spacing: Sequence[float], n_timepoints: int) -> dict:
     subject = files["ctp"].parents[1].name
     ctp_image, ctp = _read(subject, files["ctp"], 4)
     if ctp.shape[3] < n_timepoints:
@@ -157,16 +170,34 @@ def import_subject(files: dict[str, Path], folder: Path, spacing: Sequence[float
     grid = target_grid(Grid(tuple(int(n) for n in dwi.shape), np.asarray(dwi_image.affine, dtype=np.float64)),
                        spacing)
     maps = {"dwi": resample(dwi, dwi_image.affine, grid)}
+    notes = []
     for name in ("adc", "lesion"):
         image, data = _read(subject, files[name], 3)
-        maps[name] = resample(data > 0.5 if name == "lesion" else data, image.affine, grid, mask=name == "lesion")
+        if name == "lesion":
+            data, text = binary_mask(data)
+            note = thresholded_note(subject, {files[name].name: text} if text else {})
+            notes += [] if note is None else [note]
+        maps[name] = resample(data, image.affine, grid, mask=name == "lesion")
     frames, samples = resample_frames(ctp, times, n_timepoints)
     frames = resample(frames, ctp_image.affine, grid)
-    brain = derive_brain_mask(frames, zooms=affine_zooms(grid.affine))
-    if not brain.any():
-        raise SubjectError(f"{subject}: {files['ctp'].name}: no brain found (derived brain mask is empty)")
+    # the CTP in HU (an offset of 1024 corrected) and the brain derived from it
+    frames, brain, correction, baseline = brain_from_ctp(subject, files["ctp"].name, frames,
+                                                         affine_zooms(grid.affine), hint="")
+    checks: dict = {"ctp_baseline_hu": round(baseline, 2)}
+    if correction is not None:
+        checks["corrections"] = {"ctp": correction.to_json()}
+        notes.append(plausibility.correction_note(subject, files["ctp"].name, correction))
+    names = {name: files[name].name for name in ("dwi", "adc")}
+    maps["adc"], measured, converted = check_diffusion(subject, names, maps["dwi"], maps["adc"], brain,
+                                                       plausibility.CtpSummary.of(frames))
+    checks.setdefault("corrections", {}).update(measured.pop("corrections", {}))
+    checks.update(measured)
+    notes += converted
+    if not checks["corrections"]:
+        del checks["corrections"]
     stripped = np.where(brain[..., None], frames, 0)  # skull-stripped, as the paper's CTP
     stripped = np.rint(stripped).astype(np.int16) if ctp.dtype.kind in "iu" else stripped.astype(np.float32)
+    # (an integer CTP stays int16 in HU: a corrected offset moves it into int16's range)
     written = None if times.seconds is None else (list(times.seconds) if samples is None else
                                                   [float(t) for t in samples])
     step = None if written is None else float((written[-1] - written[0]) / max(len(written) - 1, 1))
@@ -185,7 +216,7 @@ def import_subject(files: dict[str, Path], folder: Path, spacing: Sequence[float
                        "times_source": times.source if samples is not None else "as acquired",
                        "acquisition_times": None if times.seconds is None else list(times.seconds),
                        "sample_times": None if samples is None else [float(t) for t in samples]},
-            "mask": "derived from ctp", "lesion_voxels": int(maps["lesion"].sum())}
+            "mask": "derived from ctp", "lesion_voxels": int(maps["lesion"].sum()), "checks": checks, "notes": notes}
 
 
 def _worker(job: tuple) -> tuple[str, dict | None, str | None]:

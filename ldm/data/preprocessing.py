@@ -51,6 +51,8 @@ from ldm.data.record import (INDEX_FILE, INDEX_VERSION, RECORD_FILE, REFERENCE_F
                              PatientRecord, load_reference)
 from ldm.data.resampling import PAPER_SPACING, SPACING_TOLERANCE, at_spacing, check_spacing, format_spacing
 from ldm.data.validation import PatientError, PatientVolumes, load_patient, with_brain_mask
+from ldm.data.cohort_report import cohort_rows, summary_line, write_cohort_report
+from ldm.folder_lock import FolderBusy, folder_lock
 from ldm.io import atomic_write_json, remove_stale_staging, staged_folder
 
 STORAGE_DTYPE = np.float16
@@ -74,6 +76,7 @@ class PreprocessSummary:
     failures: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     reference: CohortReference | None = None
+    report: str | None = None  # the cohort report's one line (cohort_report.py)
 
     @property
     def n_patients(self) -> int:
@@ -99,6 +102,8 @@ class PreprocessSummary:
                          f"({self.reference.n_patients} patients): DWI {self.reference.dwi_range[0]:.4g}.."
                          f"{self.reference.dwi_range[1]:.4g}, ADC {self.reference.adc_range[0]:.4g}.."
                          f"{self.reference.adc_range[1]:.4g}")
+        if self.report:
+            lines.append(self.report)
         lines += [f"warning: {w}" for w in self.warnings]
         if self.failures:
             lines.append(f"failed ({len(self.failures)}):")
@@ -243,16 +248,31 @@ def patient_folders(input_dir: str | Path) -> list[Path]:
 def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple[int, int] = PAPER_SIZE,
                       workers: int = 1, skip_bad: bool = False, reference_dir: str | Path | None = None,
                       n_timepoints: int = 15, progress: bool = True, slice_rule: str = "reference",
-                      spacing: Sequence[float] | None = None) -> PreprocessSummary:
+                      spacing: Sequence[float] | None = None, strict: bool = False) -> PreprocessSummary:
     """Preprocess every patient folder of ``input_dir`` into ``output_dir`` (see the module doc).
 
     ``spacing`` (mm): the model grid's voxel size (the command line's default is the paper's
     1 x 1 x 5 mm); None keeps every patient's own grid.
 
-    Writes ``index.json`` (this run's good patients) and ``reference.json``. When a patient fails
-    the others are still written; then, unless ``skip_bad``, :class:`CohortError` is raised at
-    the end (its ``summary`` lists the failures).
+    Writes ``index.json`` (this run's good patients), ``reference.json`` and ``cohort_report.csv``.
+    When a patient fails the others are still written; then, unless ``skip_bad``,
+    :class:`CohortError` is raised at the end (its ``summary`` lists the failures). ``strict``: the
+    first refused patient stops the run with its :class:`PatientError`, and no index is written.
+    The output folder is locked for the run (ldm/folder_lock.py): a live run's folder is refused
+    with :class:`FolderBusy`, a killed run's lock is taken over (a warning says so).
     """
+    with folder_lock(output_dir, "preprocessing") as taken:
+        summary = _preprocess_cohort(input_dir, output_dir, size, workers, skip_bad, reference_dir, n_timepoints,
+                                     progress, slice_rule, spacing, strict,
+                                     [] if taken is None else [taken.describe(Path(output_dir))])
+    return summary
+
+
+def _preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple[int, int], workers: int,
+                       skip_bad: bool, reference_dir: str | Path | None, n_timepoints: int, progress: bool,
+                       slice_rule: str, spacing: Sequence[float] | None, strict: bool,
+                       warnings: list[str]) -> PreprocessSummary:
+    """:func:`preprocess_cohort` with the output folder locked."""
     from tqdm.auto import tqdm
 
     size = (int(size[0]), int(size[1]))
@@ -272,7 +292,7 @@ def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple
     for stale in (INDEX_FILE, REFERENCE_FILE):  # (a --reference of this folder was read above)
         (output_dir / stale).unlink(missing_ok=True)
 
-    summary = PreprocessSummary(output_dir)
+    summary = PreprocessSummary(output_dir, warnings=list(warnings))
     jobs = [(str(f), str(output_dir), size, n_timepoints, slice_rule, spacing) for f in folders]
     bar = tqdm(total=len(jobs), desc=f"preprocessing {Path(input_dir).name}", unit="patient", disable=not progress)
 
@@ -281,6 +301,9 @@ def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple
         if error is None:
             summary.records[pid] = PatientRecord.from_json(record, (output_dir / pid).resolve())
         else:
+            if strict:  # stop: no index is written, so the folder is not taken for a complete split
+                shutil.rmtree(output_dir / pid, ignore_errors=True)
+                raise PatientError(error)
             summary.failures[pid] = error
             shutil.rmtree(output_dir / pid, ignore_errors=True)  # output from an earlier run is stale now
         summary.warnings.extend(notes)
@@ -288,8 +311,14 @@ def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple
 
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-            for future in as_completed([pool.submit(_worker, job) for job in jobs]):
-                collect(future.result())
+            futures = [pool.submit(_worker, job) for job in jobs]
+            try:
+                for future in as_completed(futures):
+                    collect(future.result())
+            except PatientError:  # --strict: the patients not started are not started
+                for future in futures:
+                    future.cancel()
+                raise
     else:
         for job in jobs:
             collect(_worker(job))
@@ -308,6 +337,8 @@ def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple
         if summary.records:
             summary.warnings.append("no patient with MRI and no --reference: no reference.json, so synthesised "
                                     "MRI of these CTP-only patients cannot be put into physical units")
+    rows = cohort_rows(summary.records.values())
+    summary.report = summary_line(rows, write_cohort_report(rows, output_dir))
     atomic_write_json(output_dir / INDEX_FILE, {
         "version": INDEX_VERSION, "size": list(size), "spacing": split_spacing(spacing, summary.records.values()),
         "requested_spacing": None if spacing is None else list(spacing),
@@ -351,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     parser.add_argument("--skip-bad", "--skip_bad", dest="skip_bad", action="store_true",
                         help="exit 0 even if some patients were rejected")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first rejected patient (implausible maps included) with exit code 2 and "
+                             "write no index.json (default: reject it by name, write the others, list the failures)")
     parser.add_argument("--reference", default=None,
                         help="the training split's output folder (or its reference.json), for val/test/new data")
     parser.add_argument("--timepoints", type=int, default=15,
@@ -372,10 +406,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"model grid: {format_spacing(spacing)}, {args.timepoints} CTP frames, {args.size[0]} x {args.size[1]}")
     try:
         summary = preprocess_cohort(args.input_dir, args.output_dir, tuple(args.size), args.workers, args.skip_bad,
-                                    args.reference, args.timepoints, slice_rule=args.slices, spacing=spacing)
+                                    args.reference, args.timepoints, slice_rule=args.slices, spacing=spacing,
+                                    strict=args.strict)
     except CohortError as e:
         print(e.summary, file=sys.stderr)
         return 1
+    except (PatientError, FolderBusy) as e:  # --strict's first rejection, or a folder a live run writes
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

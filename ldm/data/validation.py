@@ -160,7 +160,8 @@ def load_patient(folder: str | Path, n_timepoints: int = 15, require_ctp: bool =
                                f"expected 4-D X x Y x Z x {n_timepoints}")
         if ctp.shape[3] < n_timepoints:
             raise PatientError(f"patient {pid}: {ctp_path.name} has {ctp.shape[3]} time points, expected "
-                               f"{n_timepoints} or more (fewer cannot cover the bolus passage the model was trained on)")
+                               f"{n_timepoints} or more (fewer cannot cover the bolus passage the model was trained "
+                               f"on)")
         try:
             frame_times = read_frame_times(ctp_path, ctp_image.header, int(ctp.shape[3]))
         except ValueError as e:
@@ -234,17 +235,16 @@ def load_patient(folder: str | Path, n_timepoints: int = 15, require_ctp: bool =
         raise PatientError(str(e)) from e
 
 
-def _no_brain(pid: str, ctp_file: str) -> PatientError:
-    return PatientError(f"patient {pid}: {ctp_file}: no brain found (derived brain mask is empty); provide mask.nii.gz")
+def _no_brain(who: str, ctp_file: str, hint: str = "; provide mask.nii.gz") -> PatientError:
+    return PatientError(f"{who}: {ctp_file}: no brain found (derived brain mask is empty){hint}")
 
 
-def _brain_from_ctp(volumes: PatientVolumes, who: str
-                    ) -> tuple[np.ndarray, np.ndarray, plausibility.Correction | None, float]:
-    """A CTP without a brain mask: (the CTP in HU, the brain derived from it on its own grid, the
-    offset correction or None, the baseline). An offset is taken only when the corrected series has
-    a brain: the values alone could mislead (brain_mask.py)."""
-    ctp = volumes.ctp
-    zooms = volumes.zooms if volumes.ctp_affine is None else affine_zooms(volumes.ctp_affine)
+def brain_from_ctp(who: str, ctp_file: str, ctp: np.ndarray, zooms: tuple[float, float, float],
+                   hint: str = "; provide mask.nii.gz"
+                   ) -> tuple[np.ndarray, np.ndarray, plausibility.Correction | None, float]:
+    """A CTP without a brain mask: (the CTP in HU, the brain derived from it, brain_mask.py, the offset
+    correction or None, the brain's baseline in HU). An offset of 1024 is taken only when the
+    corrected series has a brain: the values alone could mislead. No brain: PatientError (+ ``hint``)."""
     correction = None
     brain = np.zeros(ctp.shape[:3], dtype=bool)
     if plausibility.ctp_offset_without_mask(ctp[..., 0], ctp.max(axis=-1) > ctp.min(axis=-1)):
@@ -256,9 +256,26 @@ def _brain_from_ctp(volumes: PatientVolumes, who: str
     if correction is None:
         brain = derive_brain_mask(ctp, zooms=zooms)
     if not brain.any():
-        raise _no_brain(volumes.patient_id, volumes.ctp_file)
-    _, baseline = plausibility.check_ctp_baseline(who, volumes.ctp_file, ctp[..., 0][brain])
+        raise _no_brain(who, ctp_file, hint)
+    _, baseline = plausibility.check_ctp_baseline(who, ctp_file, ctp[..., 0][brain])
     return ctp, brain, correction, float(np.median(ctp[..., 0][brain])) if baseline is None else baseline
+
+
+def check_diffusion(who: str, files: dict[str, str], dwi: np.ndarray, adc: np.ndarray, brain: np.ndarray,
+                    ctp: plausibility.CtpSummary | None) -> tuple[np.ndarray, dict, list[str]]:
+    """The DWI/ADC checks (DWI signal, the pair not swapped, the ADC's unit) inside ``brain``, CSF
+    found on ``ctp`` (on the same grid): (the ADC in 10^-6 mm^2/s, the measurements for
+    ``checks``, the note of a conversion). Raises :class:`~ldm.data.plausibility.ImplausibleMap`."""
+    checks: dict = {"dwi_median": round(plausibility.check_dwi_signal(who, files["dwi"], dwi, brain), 4)}
+    contrast = plausibility.check_diffusion_pair(who, (files["dwi"], files["adc"]), dwi, adc, brain, ctp)
+    checks["dwi_adc_contrast"] = contrast.to_json()
+    adc, correction, median = plausibility.check_adc_unit(who, files["adc"], adc, brain)
+    checks["adc_median"] = round(median, 2)
+    notes = []
+    if correction is not None:
+        checks["corrections"] = {"adc": correction.to_json()}
+        notes.append(plausibility.correction_note(who, files["adc"], correction))
+    return adc, checks, notes
 
 
 def check_maps(volumes: PatientVolumes, files: dict[str, str] | None = None) -> PatientVolumes:
@@ -292,10 +309,11 @@ def check_maps(volumes: PatientVolumes, files: dict[str, str] | None = None) -> 
                 notes.append(f"{who}: {volumes.ctp_file} is 0 in every frame in {100 * empty:.1f}% of the brain mask "
                              f"({files['mask']}): no CTP there (is it registered to the DWI? scripts/register_ctp.py)")
         else:
-            ctp, brain, correction, baseline = _brain_from_ctp(volumes, who)
+            zooms = volumes.zooms if volumes.ctp_affine is None else affine_zooms(volumes.ctp_affine)
+            ctp, brain, correction, baseline = brain_from_ctp(who, volumes.ctp_file, ctp, zooms)
             region = on_grid(brain, mask=True)
             if not region.any():
-                raise _no_brain(pid, volumes.ctp_file)
+                raise _no_brain(who, volumes.ctp_file)
         if baseline is not None:
             checks["ctp_baseline_hu"] = round(baseline, 2)
         if correction is not None:
@@ -304,20 +322,15 @@ def check_maps(volumes: PatientVolumes, files: dict[str, str] | None = None) -> 
 
     adc, lesion = volumes.adc, volumes.lesion
     if volumes.has_mri:
-        checks["dwi_median"] = round(plausibility.check_dwi_signal(who, files["dwi"], volumes.dwi, region), 4)
         summary = None
         if ctp is not None:  # CSF and tissue are found on the CTP, on the MRI's grid
             summary = plausibility.CtpSummary.of(ctp)
             if volumes.ctp_affine is not None:
                 summary = plausibility.CtpSummary(on_grid(summary.mean), on_grid(summary.varying, mask=True))
-        contrast = plausibility.check_diffusion_pair(who, (files["dwi"], files["adc"]), volumes.dwi, adc, region,
-                                                     summary)
-        checks["dwi_adc_contrast"] = contrast.to_json()
-        adc, correction, median = plausibility.check_adc_unit(who, files["adc"], adc, region)
-        checks["adc_median"] = round(median, 2)
-        if correction is not None:
-            corrections["adc"] = correction.to_json()
-            notes.append(plausibility.correction_note(who, files["adc"], correction))
+        adc, measured, converted = check_diffusion(who, files, volumes.dwi, adc, region, summary)
+        corrections.update(measured.pop("corrections", {}))
+        checks.update(measured)
+        notes += converted
     if lesion is not None and volumes.mask is not None:
         outside = int(np.count_nonzero(lesion & ~volumes.mask))
         checks["lesion_outside_brain"] = outside
@@ -339,7 +352,7 @@ def with_brain_mask(volumes: PatientVolumes) -> tuple[PatientVolumes, list[str]]
         return replace(volumes, lesion=lesion), []
     mask = derive_brain_mask(volumes.ctp, zooms=volumes.zooms)
     if not mask.any():
-        raise _no_brain(volumes.patient_id, volumes.ctp_file)
+        raise _no_brain(f"patient {volumes.patient_id}", volumes.ctp_file)
     notes = []
     lesion = volumes.lesion
     if lesion is not None:

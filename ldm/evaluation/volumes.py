@@ -125,13 +125,17 @@ def prediction_files(folder: str | Path) -> dict[int, dict[str, Path]]:
     return dict(sorted(samples.items()))
 
 
+def _unreadable(gt: GroundTruth, path: Path, e: Exception) -> EvaluationInputError:
+    return EvaluationInputError(f"patient {gt.patient_id}: {path.name} cannot be read ({type(e).__name__}: {e})")
+
+
 def load_prediction(path: Path, gt: GroundTruth) -> np.ndarray:
     """Read one predicted volume and check it is readable and lies exactly on the ground truth's grid."""
     try:
         img = nib.load(str(path))
         shape = tuple(img.shape)
     except Exception as e:  # nibabel raises many types for an empty or corrupt header
-        raise EvaluationInputError(f"patient {gt.patient_id}: {path.name} cannot be read ({type(e).__name__}: {e})") from e
+        raise _unreadable(gt, path, e) from e
     if shape != gt.shape:
         raise EvaluationInputError(f"patient {gt.patient_id}: {path.name} has shape {shape} "
                                    f"but the ground truth has {gt.shape}")
@@ -142,7 +146,7 @@ def load_prediction(path: Path, gt: GroundTruth) -> np.ndarray:
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as e:  # a truncated data block
-        raise EvaluationInputError(f"patient {gt.patient_id}: {path.name} cannot be read ({type(e).__name__}: {e})") from e
+        raise _unreadable(gt, path, e) from e
     if not np.isfinite(data).all():
         raise EvaluationInputError(f"patient {gt.patient_id}: {path.name} holds NaN or inf")
     return data

@@ -1,7 +1,8 @@
 """Sampling a trained run over a cohort: what ``scripts/sample_LDM.py`` does, as a function.
 
-Resolves the run and its data contract, refuses settings that would mix with samples already in
-the output folder, loads the model (EMA weights when the checkpoint has them), preprocesses a raw
+Resolves the run and its data contract, locks the output folder (a second run into a folder that a
+live run writes is refused), refuses settings that would mix with samples already in the output
+folder, loads the model (EMA weights when the checkpoint has them), preprocesses a raw
 cohort on the fly at the run's spacing, size and frame count (``data_source.py``), samples every
 patient into NIfTI volumes on the source grid (``volume_sampler.py``) and, with ``summary``, writes
 the mean/std maps over the samples (``sample_summary.py``). Errors a user can make raise
@@ -10,7 +11,9 @@ the mean/std maps over the samples (``sample_summary.py``). Errors a user can ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,6 +61,24 @@ def check_input_size(records: dict, size: tuple[int, int] | None, data_root: Pat
         raise ConfigError(f"{str(data_root)!r} holds {' and '.join(f'{h}x{w}' for h, w in sizes)} slices but the model "
                           f"takes {size[0]}x{size[1]} (model.params.image_size x the first stage's factor): "
                           f"preprocess the data at that size")
+
+
+@contextlib.contextmanager
+def outdir_lock(outdir: Path) -> Iterator[None]:
+    """Hold ``outdir``'s lock (ldm/folder_lock.py) while sampling into it; a folder that a live run
+    is writing is a :class:`~ldm.util.ConfigError` naming it and that run."""
+    from ldm.folder_lock import FolderBusy, folder_lock
+    from ldm.util import ConfigError
+
+    stack = contextlib.ExitStack()
+    try:
+        taken = stack.enter_context(folder_lock(outdir, "sampling"))
+    except FolderBusy as e:
+        raise ConfigError(str(e)) from e
+    with stack:
+        if taken is not None:
+            print(taken.describe(outdir))
+        yield
 
 
 def to_plain(params: dict) -> dict:
@@ -145,62 +166,63 @@ def sample_run(opt: argparse.Namespace, overrides: list[str]) -> "SamplingReport
                 "step_noise": "per_slice", "sampler_params": to_plain(sampler_class(sampler)[1]),
                 "seed": opt.seed, "n_samples": opt.n_samples, "batch_size": opt.batch_size,
                 "precision": opt.precision, "initial_noise": opt.initial_noise}
-    check_settings(outdir, settings)
+    with outdir_lock(outdir):  # one run per output folder: a second would mix its samples in
+        check_settings(outdir, settings)
 
-    device = choose_device(opt.device)
-    model = load_model(config, run_files.checkpoint, device)
-    try:
-        slice_sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta, precision=opt.precision,
-                                           initial_noise=opt.initial_noise, sampler=sampler)
-    except ValueError as e:  # e.g. more steps than the model's T
-        raise ConfigError(f"--sampler {name} --steps {opt.steps} --eta {opt.eta}: {e}") from e
-    ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
-    print(f"model {config.model.target} from {run_files.checkpoint} ({ema} weights) on {device}")
-    model_size = model_input_size(config)
-    size = tuple(opt.size) if opt.size else model_size or (contract.size if contract else None)
-    if contract is not None:
-        print(f"the run expects {contract.describe()} ({contract.source})")
-    raw = Path(data).is_dir() and is_raw_cohort(data)
-    with preprocessed_data(data, size, reference_path, opt.workers,
-                           contract.n_timepoints if contract else model_timepoints(config), opt.patients,
-                           spacing=contract.spacing if contract else None,
-                           slice_rule=contract.slice_rule if contract else "reference",
-                           skip_bad=opt.skip_bad) as data_root:
+        device = choose_device(opt.device)
+        model = load_model(config, run_files.checkpoint, device)
         try:
-            records = load_index(data_root)
-            if contract is not None and not raw:
-                check_split(contract, data_root)
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(str(e)) from e
-        check_input_size(records, model_size, data_root)
-        reference = load_cohort_reference(reference_path, data_root)
-        ctp_only = [p for p in (opt.patients or records) if p in records and not records[p].has_mri]
-        if ctp_only and reference is None:
-            raise ConfigError(f"{len(ctp_only)} CTP-only patient(s) (e.g. {ctp_only[0]}) need a DWI/ADC intensity "
-                              f"scale: give --reference <preprocessed training split>")
-        if ctp_only:
-            print(f"{len(ctp_only)} CTP-only patient(s): DWI/ADC scale from the cohort reference "
-                  f"({reference.source or 'reference.json'})")
-        print(f"sampling {len(opt.patients or records)} patient(s) of {data}: {opt.n_samples} sample(s), "
-              f"{name} with {opt.steps} steps, eta {opt.eta}, batch {opt.batch_size}, precision {opt.precision} "
-              f"-> {outdir}")
-        outdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(outdir / SETTINGS_FILE, settings)
-        with torch.inference_mode():
-            report = sample_cohort(slice_sampler, data_root, outdir, records, n_samples=opt.n_samples,
-                                   batch_size=opt.batch_size, seed=opt.seed, patients=opt.patients,
-                                   reference=reference, progress=not opt.no_progress)
+            slice_sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta, precision=opt.precision,
+                                               initial_noise=opt.initial_noise, sampler=sampler)
+        except ValueError as e:  # e.g. more steps than the model's T
+            raise ConfigError(f"--sampler {name} --steps {opt.steps} --eta {opt.eta}: {e}") from e
+        ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
+        print(f"model {config.model.target} from {run_files.checkpoint} ({ema} weights) on {device}")
+        model_size = model_input_size(config)
+        size = tuple(opt.size) if opt.size else model_size or (contract.size if contract else None)
+        if contract is not None:
+            print(f"the run expects {contract.describe()} ({contract.source})")
+        raw = Path(data).is_dir() and is_raw_cohort(data)
+        with preprocessed_data(data, size, reference_path, opt.workers,
+                               contract.n_timepoints if contract else model_timepoints(config), opt.patients,
+                               spacing=contract.spacing if contract else None,
+                               slice_rule=contract.slice_rule if contract else "reference",
+                               skip_bad=opt.skip_bad) as data_root:
+            try:
+                records = load_index(data_root)
+                if contract is not None and not raw:
+                    check_split(contract, data_root)
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(str(e)) from e
+            check_input_size(records, model_size, data_root)
+            reference = load_cohort_reference(reference_path, data_root)
+            ctp_only = [p for p in (opt.patients or records) if p in records and not records[p].has_mri]
+            if ctp_only and reference is None:
+                raise ConfigError(f"{len(ctp_only)} CTP-only patient(s) (e.g. {ctp_only[0]}) need a DWI/ADC intensity "
+                                  f"scale: give --reference <preprocessed training split>")
+            if ctp_only:
+                print(f"{len(ctp_only)} CTP-only patient(s): DWI/ADC scale from the cohort reference "
+                      f"({reference.source or 'reference.json'})")
+            print(f"sampling {len(opt.patients or records)} patient(s) of {data}: {opt.n_samples} sample(s), "
+                  f"{name} with {opt.steps} steps, eta {opt.eta}, batch {opt.batch_size}, precision {opt.precision} "
+                  f"-> {outdir}")
+            outdir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(outdir / SETTINGS_FILE, settings)
+            with torch.inference_mode():
+                report = sample_cohort(slice_sampler, data_root, outdir, records, n_samples=opt.n_samples,
+                                       batch_size=opt.batch_size, seed=opt.seed, patients=opt.patients,
+                                       reference=reference, progress=not opt.no_progress)
+            if opt.summary:
+                from ldm.inference.sample_summary import summarise_cohort
+                spread_csv = summarise_cohort(outdir, records, opt.patients or sorted(records), opt.n_samples,
+                                              threshold=opt.adc_core_threshold, min_cluster_ml=opt.min_cluster_ml)
+        if report.skipped:
+            print(f"skipped {len(report.skipped)} patient(s) already sampled: {', '.join(report.skipped)}")
+        print(f"wrote {len(report.written)} patient(s), {report.n_slices} slice(s) in {time.time() - start:.1f} s "
+              f"to {outdir}")
         if opt.summary:
-            from ldm.inference.sample_summary import summarise_cohort
-            spread_csv = summarise_cohort(outdir, records, opt.patients or sorted(records), opt.n_samples,
-                                          threshold=opt.adc_core_threshold, min_cluster_ml=opt.min_cluster_ml)
-    if report.skipped:
-        print(f"skipped {len(report.skipped)} patient(s) already sampled: {', '.join(report.skipped)}")
-    print(f"wrote {len(report.written)} patient(s), {report.n_slices} slice(s) in {time.time() - start:.1f} s "
-          f"to {outdir}")
-    if opt.summary:
-        print(f"summary: {{dwi,adc}}_{{mean,std}}.nii.gz over {opt.n_samples} samples per patient, core volume "
-              f"spread in {spread_csv}")
+            print(f"summary: {{dwi,adc}}_{{mean,std}}.nii.gz over {opt.n_samples} samples per patient, core volume "
+                  f"spread in {spread_csv}")
     return report
 
 
