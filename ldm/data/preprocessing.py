@@ -303,6 +303,7 @@ def _preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tupl
         else:
             if strict:  # stop: no index is written, so the folder is not taken for a complete split
                 shutil.rmtree(output_dir / pid, ignore_errors=True)
+                bar.close()
                 raise PatientError(error)
             summary.failures[pid] = error
             shutil.rmtree(output_dir / pid, ignore_errors=True)  # output from an earlier run is stale now
