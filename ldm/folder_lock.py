@@ -5,7 +5,7 @@ behind harmlessly (docs/data.md, "Output-folder lock").
 names its holder: pid, host, what it does and since when. A second run into ``OUT`` is refused with
 one line naming the folder and that holder; a lock file whose process is gone (a killed run) is
 taken over, and the caller is told whose it was. Released, the file is removed: a finished folder
-holds no lock file.
+holds no lock file, and a folder the lock created is removed again when nothing was written into it.
 """
 from __future__ import annotations
 
@@ -77,15 +77,17 @@ class TakenOver:
 
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, purpose: str) -> Iterator[TakenOver | None]:
-    """Hold ``folder``'s lock while the block runs (the folder is created when missing).
+    """Hold ``folder``'s lock while the block runs (the folder is created when missing, and removed
+    again on release when it is still empty).
 
     Yields None, or :class:`TakenOver` when a killed run's lock was taken over (say so). Raises
     :class:`FolderBusy` when a live run holds it.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    created = not folder.exists()
     path = folder / LOCK_FILE
     for _ in range(10):  # retried only when the file was replaced between open and lock
+        folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -119,4 +121,7 @@ def folder_lock(folder: str | os.PathLike, purpose: str) -> Iterator[TakenOver |
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # while still locked: a run waiting on this file sees it gone and retries
+        if created:  # a run refused before it wrote anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         os.close(fd)

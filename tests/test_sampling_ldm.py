@@ -1,6 +1,8 @@
 """scripts/sample_LDM.py end to end with a tiny, untrained LatentDiffusion saved as a run directory:
 source geometry, CTP-only patients, batch-size independence with DDIM eta = 0, EMA weights,
 resuming, and one-line errors."""
+import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -12,6 +14,7 @@ import torch
 
 from ldm.data.preprocessing import preprocess_cohort
 from ldm.modules.ema import EMA_PREFIX
+from tests.helpers.lock_holder import hold
 from tests.helpers.raw_patients import AFFINE, SIZE, SOURCE_SHAPE, write_raw_patient
 from tests.helpers.sampling_runs import build_model, save_run, tiny_config
 from tests.helpers.scripts import error_line as script_error_line
@@ -159,6 +162,24 @@ def test_second_run_skips_and_other_settings_are_refused(setup, tmp_path, capsys
                              "--device", "cpu", "--no_progress"])
     err = error_line(capsys.readouterr().err)
     assert rc == 2 and "steps=3" in err and "another --outdir" in err
+
+
+def test_a_folder_that_a_live_run_writes_is_refused_and_a_killed_runs_lock_taken_over(setup, tmp_path, capsys):
+    root, raw, npy, run, *_ = setup
+    out = tmp_path / "busy"
+    child = hold(out, "sampling")  # another process, as a second sample_LDM.py would be
+    try:
+        assert sample(run, npy, out) == 2
+        line = error_line(capsys.readouterr().err)
+        assert f"output folder {str(out)!r} is being written by sampling (pid {child.pid} on {socket.gethostname()}" \
+            in line
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing of ours in it
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert sample(run, npy, out) == 0
+    assert f"took over the lock of {str(out)!r} left by sampling (pid {child.pid}" in capsys.readouterr().out
+    assert (out / "P010" / "adc_sample_0.nii.gz").is_file() and not (out / ".lock").exists()
 
 
 def test_user_errors_are_one_line(setup, tmp_path, capsys):
