@@ -6,8 +6,11 @@
 Writes ``OUTPUT_DIR/{train,val,test}/<subject>/{ctp,dwi,adc,mask,lesion}.nii.gz`` (every map of a
 subject on one grid at the spacing, the CTP skull-stripped with the number of frames asked for)
 and ``OUTPUT_DIR/manifest.json``; then preprocess as any raw cohort (scripts/preprocessing.sh).
-Incomplete or unusable subjects are listed by name and skipped (exit 0 while any subject is
-imported, 1 if none is); mistakes on the command line exit 2.
+Every map is checked for what it claims, as preprocessing checks it (docs/data.md, "Plausibility
+checks"): an identifiable unit or offset is corrected with one line, anything implausible skips the
+subject by name. Incomplete or unusable subjects are listed by name and skipped (exit 0 while any
+subject is imported, 1 if none is); ``--strict`` stops at the first unusable one (exit 2, no
+manifest); mistakes on the command line exit 2.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.data.isles24 import import_isles24, split_subjects  # noqa: E402
+from ldm.data.isles24 import SubjectError, import_isles24, split_subjects  # noqa: E402
 from ldm.data.resampling import PAPER_SPACING, check_spacing  # noqa: E402
 
 
@@ -32,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
     p.add_argument("--workers", type=int, default=1, help="subjects in parallel (processes)")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first subject whose files cannot be used (exit 2, no manifest) instead of "
+                        "skipping it by name")
     opt = p.parse_args(argv)
     try:
         spacing = check_spacing(opt.spacing)
@@ -42,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--timepoints must be >= 2 and --workers >= 1")
     try:
         summary = import_isles24(opt.isles_root, opt.output_dir, spacing, opt.timepoints, opt.split, opt.seed,
-                                 opt.workers, progress=not opt.no_progress)
-    except FileNotFoundError as e:
+                                 opt.workers, progress=not opt.no_progress, strict=opt.strict)
+    except (FileNotFoundError, SubjectError) as e:
         print(f"import_isles24.py: error: {e}", file=sys.stderr)
         return 2
     print(summary)

@@ -112,3 +112,34 @@ def test_bad_arguments_and_roots(tmp_path, capsys):
                      "--split", "0.5", "0.5", "0.5"])
     assert script.main(["--isles_root", str(tmp_path), "--output_dir", str(tmp_path / "o")]) == 2
     assert "no derivatives/ folder" in capsys.readouterr().err
+
+
+def test_import_checks_maps_as_the_patient_loader_does(tmp_path, capsys):
+    """An ADC in 10^-3 mm^2/s is converted (one line, in the manifest); a swapped DWI/ADC pair is
+    skipped by name; --strict stops at it with exit 2 and no manifest."""
+    from dataclasses import replace
+
+    root = tmp_path / "isles"
+    p = generate_patient([24, 9], size=(64, 64), n_slices=8, n_timepoints=N_FRAMES, lesion_volume_ml=25.0,
+                         lesion_territory="MCA deep")
+    _subject(root, 1, p)
+    _subject(root, 2, replace(p, adc=p.adc / 1e3))
+    _subject(root, 3, replace(p, dwi=p.adc, adc=p.dwi))
+    out = tmp_path / "raw"
+    script = load_script("import_isles24")
+    assert script.main(["--isles_root", str(root), "--output_dir", str(out), "--no_progress",
+                        "--split", "1", "0", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("sub-stroke0002: sub-stroke0002_ses-02_space-ncct_adc.nii.gz: brain median 0.") == 1
+    assert "is an ADC in 10^-3 mm^2/s: converted to 10^-6 mm^2/s (x 1000)" in printed
+    assert ("sub-stroke0003: sub-stroke0003_ses-02_space-ncct_dwi.nii.gz and sub-stroke0003_ses-02_space-ncct_adc"
+            ".nii.gz look swapped") in printed
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert sorted(manifest["subjects"]) == ["sub-stroke0001", "sub-stroke0002"]
+    assert manifest["subjects"]["sub-stroke0002"]["checks"]["corrections"]["adc"]["factor"] == 1000.0
+    assert "corrections" not in manifest["subjects"]["sub-stroke0001"]["checks"]
+    adc = {s: np.asarray(nib.load(str(out / "train" / s / "adc.nii.gz")).dataobj) for s in manifest["subjects"]}
+    np.testing.assert_allclose(adc["sub-stroke0002"], adc["sub-stroke0001"], rtol=1e-5, atol=1e-2)
+    assert script.main(["--isles_root", str(root), "--output_dir", str(tmp_path / "strict"), "--no_progress",
+                        "--strict"]) == 2
+    assert "sub-stroke0003" in capsys.readouterr().err and not (tmp_path / "strict" / MANIFEST).exists()

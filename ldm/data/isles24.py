@@ -233,8 +233,12 @@ def _worker(job: tuple) -> tuple[str, dict | None, str | None]:
 
 def import_isles24(isles_root: str | Path, output_dir: str | Path, spacing: Sequence[float] = PAPER_SPACING,
                    n_timepoints: int = 15, split: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0,
-                   workers: int = 1, progress: bool = True) -> ImportSummary:
-    """Import every subject of ``isles_root`` (see the module doc) into ``output_dir``."""
+                   workers: int = 1, progress: bool = True, strict: bool = False) -> ImportSummary:
+    """Import every subject of ``isles_root`` (see the module doc) into ``output_dir``.
+
+    ``strict``: a complete subject whose files cannot be used (unreadable, implausible) stops the
+    import with its :class:`SubjectError`; no manifest is written. Incomplete subjects are listed.
+    """
     from tqdm.auto import tqdm
 
     derivatives = derivatives_root(isles_root)
@@ -260,6 +264,8 @@ def import_isles24(isles_root: str | Path, output_dir: str | Path, spacing: Sequ
             subject, entry, error = result
             if error is None:
                 summary.imported[subject] = {"split": splits[subject], **entry}
+            elif strict:
+                raise SubjectError(error)
             else:
                 summary.skipped[subject] = error
             for name in SPLITS:  # an earlier import of the subject elsewhere (or of a now failing one) is stale
@@ -269,8 +275,14 @@ def import_isles24(isles_root: str | Path, output_dir: str | Path, spacing: Sequ
 
         if workers > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-                for future in as_completed([pool.submit(_worker, job) for job in jobs]):
-                    collect(future.result())
+                futures = [pool.submit(_worker, job) for job in jobs]
+                try:
+                    for future in as_completed(futures):
+                        collect(future.result())
+                except SubjectError:  # strict: the subjects not started are not started
+                    for future in futures:
+                        future.cancel()
+                    raise
         else:
             for job in jobs:
                 collect(_worker(job))
