@@ -14,7 +14,10 @@ CTP, DWI and ADC with the constants of docs/data.md (normalization.py), unclippe
 augmentation can warp them before the clipping, as the reference does; store float16 arrays and
 the record (record.py). A patient is written into a hidden temporary folder that is renamed into
 place only when complete, so a rejected or interrupted patient leaves nothing behind;
-``index.json`` is written last.
+``index.json`` is written last, after ``cohort_report.csv`` (cohort_report.py). Reading checks the
+maps for what they claim (validation.py, docs/data.md "Plausibility checks"); ``--strict`` stops at
+the first rejected patient (exit 2, no index). The output folder is locked for the run
+(ldm/folder_lock.py): a second run into it is refused while this one lives.
 
 The training split's output also gets ``reference.json``: the median per-patient DWI/ADC
 percentile constants, which give a CTP-only patient's synthesised MRI its physical scale. Pass
