@@ -190,4 +190,5 @@ def test_unreadable_files_leave_their_patient_out_with_the_line_preprocessing_gi
     assert evaluate_script.main(["--pred", str(root / "pred"), "--gt", str(root / "raw"), "--out", str(strict),
                                  "--strict"]) == 2
     err = capsys.readouterr().err.replace("\r", "\n").splitlines()
-    assert [e for e in err if e.startswith("evaluate.py: error:")] == [f"evaluate.py: error: {summary.failures['EMPTYGT']}"]
+    errors = [e for e in err if e.startswith("evaluate.py: error:")]
+    assert errors == [f"evaluate.py: error: {summary.failures['EMPTYGT']}"]

@@ -103,7 +103,8 @@ def defects(tmp_path_factory):
         "MILLI": {"adc": p.adc / 1e3}, "SI": {"adc": p.adc * 1e-6},
         "OFFSET": {"ctp": p.ctp.astype(np.int32) + 1024},
         "OFFSETNOMASK": {"ctp": p.ctp.astype(np.int32) + 1024, "maps": ("ctp", "dwi", "adc", "lesion")},
-        "HEADOFFSET": {"ctp": (head.astype(np.int32) + 1024).astype(np.uint16), "maps": ("ctp", "dwi", "adc", "lesion")},
+        "HEADOFFSET": {"ctp": (head.astype(np.int32) + 1024).astype(np.uint16),
+                       "maps": ("ctp", "dwi", "adc", "lesion")},
         "UNIT": {"adc": p.adc / 10}, "SWAP": {"dwi": p.adc, "adc": p.dwi}, "SAME": {"dwi": p.adc},
         "HU200": {"ctp": p.ctp / 200.0}, "DARK": {"dwi": np.zeros_like(p.dwi)},
     }
@@ -143,7 +144,8 @@ def test_each_implausible_map_is_corrected_or_refused_by_name(defects):
     records = load_index(out)
     good, nomask = records["GOOD"], records["NOMASK"]
     assert records["MILLI"].checks["corrections"] == {
-        "adc": {"factor": 1000.0, "offset": 0.0, "reason": f"brain median {median / 1e3:.3g} is an ADC in 10^-3 mm^2/s"}}
+        "adc": {"factor": 1000.0, "offset": 0.0,
+                "reason": f"brain median {median / 1e3:.3g} is an ADC in 10^-3 mm^2/s"}}
     assert records["OFFSET"].checks["corrections"]["ctp"]["offset"] == -1024.0
     assert json.loads((out / "MILLI" / "record.json").read_text())["checks"]["corrections"]["adc"]["factor"] == 1000
     assert "corrections" not in good.checks and good.checks["dwi_adc_contrast"]["verdict"] == "as named"
@@ -244,8 +246,8 @@ def _record(pid: str, **changes) -> PatientRecord:
 
 
 def test_the_cohort_report_marks_what_stands_out():
-    records = [_record(f"P{i}", checks={"adc_median": 850.0 + 10 * i, "dwi_median": 300.0 + 5 * i, "ctp_baseline_hu": 30.0 + i})
-               for i in range(6)]
+    records = [_record(f"P{i}", checks={"adc_median": 850.0 + 10 * i, "dwi_median": 300.0 + 5 * i,
+                                        "ctp_baseline_hu": 30.0 + i}) for i in range(6)]
     records += [_record("THICK", zooms=(1.0, 1.0, 6.0)),
                 _record("HIGH", checks={"adc_median": 1900.0, "corrections": {"adc": {"factor": 1000.0, "offset": 0}}}),
                 _record("WARM", checks={"ctp_baseline_hu": 75.0})]
