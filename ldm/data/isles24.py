@@ -25,8 +25,9 @@ plausibility.py, docs/data.md): a CTP stored without its rescale intercept is co
 10^-3 mm^2/s or mm^2/s converted, each said in one line (and in the manifest); a swapped DWI/ADC pair
 or an implausible map skips the subject by name. The split is seeded and patient-level over the
 complete subjects; subjects with a missing file are reported by name and skipped, and so is a
-subject whose files cannot be used (e.g. a CTP with fewer frames than the target). Each patient folder appears whole or not at all; ``manifest.json``
-records the source files, spacing, frames and split.
+subject whose files cannot be used (e.g. a CTP with fewer frames than the target). Each patient
+folder appears whole or not at all; ``manifest.json`` records the source files, spacing, frames
+and split.
 
 How it differs from the paper's cohort: the DWI/ADC are follow-up scans 2-9 days after the CTP
 (the paper's are acute, taken shortly after it), so the lesion has grown and evolved; every map is
