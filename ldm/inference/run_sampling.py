@@ -105,7 +105,13 @@ def default_sampler(config) -> str:
 
 def sample_run(opt: argparse.Namespace, overrides: list[str]) -> "SamplingReport":
     """Sample ``opt.resume`` over ``opt.data`` (the options of scripts/sample_LDM.py); returns what
-    was sampled (and how long the sampling took)."""
+    was sampled (and how long the sampling took). The output folder is locked while it is written."""
+    with contextlib.ExitStack() as held:
+        return _sample_run(opt, overrides, held)
+
+
+def _sample_run(opt: argparse.Namespace, overrides: list[str], held: contextlib.ExitStack) -> "SamplingReport":
+    """:func:`sample_run`; ``held`` keeps the output folder's lock until the caller returns."""
     import torch
 
     from ldm.config import parse_overrides
@@ -166,63 +172,63 @@ def sample_run(opt: argparse.Namespace, overrides: list[str]) -> "SamplingReport
                 "step_noise": "per_slice", "sampler_params": to_plain(sampler_class(sampler)[1]),
                 "seed": opt.seed, "n_samples": opt.n_samples, "batch_size": opt.batch_size,
                 "precision": opt.precision, "initial_noise": opt.initial_noise}
-    with outdir_lock(outdir):  # one run per output folder: a second would mix its samples in
-        check_settings(outdir, settings)
+    held.enter_context(outdir_lock(outdir))  # one run per output folder: a second would mix its samples in
+    check_settings(outdir, settings)
 
-        device = choose_device(opt.device)
-        model = load_model(config, run_files.checkpoint, device)
+    device = choose_device(opt.device)
+    model = load_model(config, run_files.checkpoint, device)
+    try:
+        slice_sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta, precision=opt.precision,
+                                           initial_noise=opt.initial_noise, sampler=sampler)
+    except ValueError as e:  # e.g. more steps than the model's T
+        raise ConfigError(f"--sampler {name} --steps {opt.steps} --eta {opt.eta}: {e}") from e
+    ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
+    print(f"model {config.model.target} from {run_files.checkpoint} ({ema} weights) on {device}")
+    model_size = model_input_size(config)
+    size = tuple(opt.size) if opt.size else model_size or (contract.size if contract else None)
+    if contract is not None:
+        print(f"the run expects {contract.describe()} ({contract.source})")
+    raw = Path(data).is_dir() and is_raw_cohort(data)
+    with preprocessed_data(data, size, reference_path, opt.workers,
+                           contract.n_timepoints if contract else model_timepoints(config), opt.patients,
+                           spacing=contract.spacing if contract else None,
+                           slice_rule=contract.slice_rule if contract else "reference",
+                           skip_bad=opt.skip_bad) as data_root:
         try:
-            slice_sampler = make_slice_sampler(model, steps=opt.steps, eta=opt.eta, precision=opt.precision,
-                                               initial_noise=opt.initial_noise, sampler=sampler)
-        except ValueError as e:  # e.g. more steps than the model's T
-            raise ConfigError(f"--sampler {name} --steps {opt.steps} --eta {opt.eta}: {e}") from e
-        ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
-        print(f"model {config.model.target} from {run_files.checkpoint} ({ema} weights) on {device}")
-        model_size = model_input_size(config)
-        size = tuple(opt.size) if opt.size else model_size or (contract.size if contract else None)
-        if contract is not None:
-            print(f"the run expects {contract.describe()} ({contract.source})")
-        raw = Path(data).is_dir() and is_raw_cohort(data)
-        with preprocessed_data(data, size, reference_path, opt.workers,
-                               contract.n_timepoints if contract else model_timepoints(config), opt.patients,
-                               spacing=contract.spacing if contract else None,
-                               slice_rule=contract.slice_rule if contract else "reference",
-                               skip_bad=opt.skip_bad) as data_root:
-            try:
-                records = load_index(data_root)
-                if contract is not None and not raw:
-                    check_split(contract, data_root)
-            except (FileNotFoundError, ValueError) as e:
-                raise ConfigError(str(e)) from e
-            check_input_size(records, model_size, data_root)
-            reference = load_cohort_reference(reference_path, data_root)
-            ctp_only = [p for p in (opt.patients or records) if p in records and not records[p].has_mri]
-            if ctp_only and reference is None:
-                raise ConfigError(f"{len(ctp_only)} CTP-only patient(s) (e.g. {ctp_only[0]}) need a DWI/ADC intensity "
-                                  f"scale: give --reference <preprocessed training split>")
-            if ctp_only:
-                print(f"{len(ctp_only)} CTP-only patient(s): DWI/ADC scale from the cohort reference "
-                      f"({reference.source or 'reference.json'})")
-            print(f"sampling {len(opt.patients or records)} patient(s) of {data}: {opt.n_samples} sample(s), "
-                  f"{name} with {opt.steps} steps, eta {opt.eta}, batch {opt.batch_size}, precision {opt.precision} "
-                  f"-> {outdir}")
-            outdir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(outdir / SETTINGS_FILE, settings)
-            with torch.inference_mode():
-                report = sample_cohort(slice_sampler, data_root, outdir, records, n_samples=opt.n_samples,
-                                       batch_size=opt.batch_size, seed=opt.seed, patients=opt.patients,
-                                       reference=reference, progress=not opt.no_progress)
-            if opt.summary:
-                from ldm.inference.sample_summary import summarise_cohort
-                spread_csv = summarise_cohort(outdir, records, opt.patients or sorted(records), opt.n_samples,
-                                              threshold=opt.adc_core_threshold, min_cluster_ml=opt.min_cluster_ml)
-        if report.skipped:
-            print(f"skipped {len(report.skipped)} patient(s) already sampled: {', '.join(report.skipped)}")
-        print(f"wrote {len(report.written)} patient(s), {report.n_slices} slice(s) in {time.time() - start:.1f} s "
-              f"to {outdir}")
+            records = load_index(data_root)
+            if contract is not None and not raw:
+                check_split(contract, data_root)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e)) from e
+        check_input_size(records, model_size, data_root)
+        reference = load_cohort_reference(reference_path, data_root)
+        ctp_only = [p for p in (opt.patients or records) if p in records and not records[p].has_mri]
+        if ctp_only and reference is None:
+            raise ConfigError(f"{len(ctp_only)} CTP-only patient(s) (e.g. {ctp_only[0]}) need a DWI/ADC intensity "
+                              f"scale: give --reference <preprocessed training split>")
+        if ctp_only:
+            print(f"{len(ctp_only)} CTP-only patient(s): DWI/ADC scale from the cohort reference "
+                  f"({reference.source or 'reference.json'})")
+        print(f"sampling {len(opt.patients or records)} patient(s) of {data}: {opt.n_samples} sample(s), "
+              f"{name} with {opt.steps} steps, eta {opt.eta}, batch {opt.batch_size}, precision {opt.precision} "
+              f"-> {outdir}")
+        outdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(outdir / SETTINGS_FILE, settings)
+        with torch.inference_mode():
+            report = sample_cohort(slice_sampler, data_root, outdir, records, n_samples=opt.n_samples,
+                                   batch_size=opt.batch_size, seed=opt.seed, patients=opt.patients,
+                                   reference=reference, progress=not opt.no_progress)
         if opt.summary:
-            print(f"summary: {{dwi,adc}}_{{mean,std}}.nii.gz over {opt.n_samples} samples per patient, core volume "
-                  f"spread in {spread_csv}")
+            from ldm.inference.sample_summary import summarise_cohort
+            spread_csv = summarise_cohort(outdir, records, opt.patients or sorted(records), opt.n_samples,
+                                          threshold=opt.adc_core_threshold, min_cluster_ml=opt.min_cluster_ml)
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} patient(s) already sampled: {', '.join(report.skipped)}")
+    print(f"wrote {len(report.written)} patient(s), {report.n_slices} slice(s) in {time.time() - start:.1f} s "
+          f"to {outdir}")
+    if opt.summary:
+        print(f"summary: {{dwi,adc}}_{{mean,std}}.nii.gz over {opt.n_samples} samples per patient, core volume "
+              f"spread in {spread_csv}")
     return report
 
 
