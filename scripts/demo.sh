@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # `make demo`: the whole pipeline on the built-in synthetic stroke cohort, with the same commands
 # a user runs on real data (the stage scripts, main.py, sample_LDM.py, evaluate.py), as a controlled
-# experiment: cLDM (stage 2), cLDM-PT (stage 3, lesion-aware post-training) and its control
-# "cLDM (continued)" (stage 3 with both image-space weights 0: same checkpoint, steps, data,
-# augmentation and seed), scored on the same patients with paired statistics.
+# experiment: cLDM (stage 2), cLDM-PT (stage 3, lesion-aware post-training) with each image target
+# (the reference code's VQGAN reconstruction, and the MRI itself as Eq. 6 writes it) and their
+# control "cLDM (continued)" (stage 3 with both image-space weights 0: same checkpoint, steps, data,
+# augmentation and seed), scored on the same patients with paired statistics, beside the VQGAN's own
+# reconstruction of the test patients (the ceiling of every latent model's lesion).
 #
-#   make demo                                   # CPU, about 15 minutes on 2 cores (measured: 882 s)
+#   make demo                                   # CPU, within 20 minutes on 2 cores with the install
 #   DEMO_SCALE=20 DEMO_ACCELERATOR=gpu make demo    # every stage trains 20x longer (GPU; not yet measured)
 #
 # Knobs (environment): DEMO_OUT (folder, default demo_output), DEMO_SCALE (multiplies the training
 # steps of every stage), DEMO_N_TRAIN / DEMO_N_VAL / DEMO_N_TEST (patients), DEMO_SLICES (axial
-# slices per patient), DEMO_SAMPLER (ddim, the paper's, or dpmsolver++), DEMO_SAMPLE_STEPS (the
-# sampler's steps; the paper uses 200 DDIM steps), DEMO_ACCELERATOR
-# (auto, cpu or gpu), DEMO_SEED (seed of every training run and of sampling), DEMO_COHORT_SEED (the
-# synthetic cohort).
+# slices per patient), DEMO_WINDOW (intensity window: lesion, or reference_percentile, the
+# reference's), DEMO_PT_TARGETS (the post-training image targets: "reconstruction input", or one of
+# them), DEMO_SAMPLER (dpmsolver++ or ddim, the paper's), DEMO_SAMPLE_STEPS (the sampler's steps;
+# the paper uses 200 DDIM steps), DEMO_ACCELERATOR (auto, cpu or gpu), DEMO_SEED (seed of every
+# training run and of sampling), DEMO_COHORT_SEED (the synthetic cohort).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,10 +25,12 @@ OUT=${DEMO_OUT:-demo_output}
 SCALE=${DEMO_SCALE:-1}
 N_TRAIN=${DEMO_N_TRAIN:-16}
 N_VAL=${DEMO_N_VAL:-3}
-N_TEST=${DEMO_N_TEST:-4}
-SLICES=${DEMO_SLICES:-24}
-SAMPLER=${DEMO_SAMPLER:-ddim}
-SAMPLE_STEPS=${DEMO_SAMPLE_STEPS:-50}
+N_TEST=${DEMO_N_TEST:-10}          # stratified lesion volumes: 4 test patients with >= 2 ml of lesion
+SLICES=${DEMO_SLICES:-32}          # the whole brain
+WINDOW=${DEMO_WINDOW:-lesion}
+PT_TARGETS=${DEMO_PT_TARGETS:-"reconstruction input"}
+SAMPLER=${DEMO_SAMPLER:-dpmsolver++}   # 20 steps: within 2% of DDIM-200's lesion MAE (README, Samplers)
+SAMPLE_STEPS=${DEMO_SAMPLE_STEPS:-20}
 ACCEL=${DEMO_ACCELERATOR:-auto}
 SEED=${DEMO_SEED:-0}                # training (every stage) and sampling
 COHORT_SEED=${DEMO_COHORT_SEED:-0}  # the synthetic cohort
@@ -48,7 +53,7 @@ STAGE=0
 stage() {
     STAGE=$((STAGE + 1))
     STAGE_T0=$(date +%s)
-    printf '\n==> [%d/8] %s\n' "$STAGE" "$1"
+    printf '\n==> [%d/%d] %s\n' "$STAGE" "$N_STAGES" "$1"
 }
 done_stage() { printf '    done in %ds (total %ds)\n' "$(( $(date +%s) - STAGE_T0 ))" "$(( $(date +%s) - T0 ))"; }
 
@@ -66,13 +71,21 @@ NPY="$OUT/npy"
 DATA_OVERRIDES=(
     "data.params.train.params.data_root=$NPY/train"
     "data.params.validation.params.data_root=$NPY/val"
+    "data.params.train.params.window=$WINDOW"
+    "data.params.validation.params.window=$WINDOW"
     "lightning.trainer.accelerator=$ACCEL"
 )
+pt_name() { if [ "$1" = reconstruction ]; then echo cldm_pt; else echo "cldm_pt_$1"; fi; }
+pt_label() { if [ "$1" = reconstruction ]; then echo cLDM-PT; else echo "cLDM-PT ($1 target)"; fi; }
+for target in $PT_TARGETS; do
+    case $target in reconstruction|input) ;; *) echo "demo: DEMO_PT_TARGETS: unknown target '$target' (reconstruction, input)" >&2; exit 2;; esac
+done
+N_STAGES=$(( 8 + $(echo "$PT_TARGETS" | wc -w) ))
 
 stage "synthetic cohort ($N_TRAIN/$N_VAL/$N_TEST patients, 64 x 64, $SLICES slices) and preprocessing"
 "$PYTHON" -m ldm.data.synthetic --out "$RAW" --size demo --seed "$COHORT_SEED" --slices "$SLICES" \
     --n_train "$N_TRAIN" --n_val "$N_VAL" --n_test "$N_TEST"
-PYTHON="$PYTHON" RAW="$RAW" NPY="$NPY" SIZE="64 64" bash scripts/preprocessing.sh
+PYTHON="$PYTHON" RAW="$RAW" NPY="$NPY" SIZE="64 64" WINDOW="$WINDOW" bash scripts/preprocessing.sh
 done_stage
 
 stage "stage 1: VQGAN ($(steps "$VQGAN_STEPS") steps)"
@@ -88,11 +101,18 @@ stage "stage 2: conditional LDM, cLDM ($(steps "$LDM_STEPS") steps)"
 LDM_RUN="$(latest_run cldm)"
 done_stage
 
-stage "stage 3: lesion-aware post-training, cLDM-PT ($(steps "$LAPT_STEPS") steps)"
-"$PYTHON" main.py --base configs/demo/ldm_lapt.yaml -t -l "$OUT/logs" -n cldm_pt -s "$SEED" "${DATA_OVERRIDES[@]}" \
-    "model.params.ckpt_path=$LDM_RUN/checkpoints/last.ckpt" $(train_overrides "$(steps "$LAPT_STEPS")")
-LAPT_RUN="$(latest_run cldm_pt)"
+stage "the VQGAN's reconstruction D(E(x)) of the test patients (the ceiling of every latent model)"
+"$PYTHON" scripts/reconstruct_VQGAN.py -r "$(latest_run vqgan)" --data "$NPY/test" --outdir "$OUT/samples/vqgan"
 done_stage
+
+for target in $PT_TARGETS; do
+    stage "stage 3: lesion-aware post-training, $(pt_label "$target") ($(steps "$LAPT_STEPS") steps)"
+    # Only the image target differs between these runs and the control (same raw stage-2 weights, steps, seed).
+    "$PYTHON" main.py --base configs/demo/ldm_lapt.yaml -t -l "$OUT/logs" -n "$(pt_name "$target")" -s "$SEED" \
+        "${DATA_OVERRIDES[@]}" "model.params.ckpt_path=$LDM_RUN/checkpoints/last.ckpt" \
+        "model.params.image_target=$target" $(train_overrides "$(steps "$LAPT_STEPS")")
+    done_stage
+done
 
 stage "control: stage 3 without the image-space terms, cLDM (continued) ($(steps "$LAPT_STEPS") steps)"
 # The same command as cLDM-PT but lambda_image = lambda_lesion = 0: the same checkpoint, steps, data,
@@ -103,8 +123,15 @@ stage "control: stage 3 without the image-space terms, cLDM (continued) ($(steps
 CONTROL_RUN="$(latest_run cldm_continued)"
 done_stage
 
-stage "sampling the test patients with cLDM, cLDM (continued) and cLDM-PT ($SAMPLER, $SAMPLE_STEPS steps)"
-for pair in "cldm:$LDM_RUN" "cldm_continued:$CONTROL_RUN" "cldm_pt:$LAPT_RUN"; do
+RUNS=("cldm:$LDM_RUN" "cldm_continued:$CONTROL_RUN")
+PREDS=("cLDM=$OUT/samples/cldm" "cLDM (continued)=$OUT/samples/cldm_continued")
+for target in $PT_TARGETS; do
+    name=$(pt_name "$target")
+    RUNS+=("$name:$(latest_run "$name")")
+    PREDS+=("$(pt_label "$target")=$OUT/samples/$name")
+done
+stage "sampling the test patients with every model ($SAMPLER, $SAMPLE_STEPS steps)"
+for pair in "${RUNS[@]}"; do
     name=${pair%%:*}
     run=${pair#*:}
     "$PYTHON" scripts/sample_LDM.py -r "$run" --data "$NPY/test" --outdir "$OUT/samples/$name" \
@@ -112,9 +139,12 @@ for pair in "cldm:$LDM_RUN" "cldm_continued:$CONTROL_RUN" "cldm_pt:$LAPT_RUN"; d
 done
 done_stage
 
-stage "evaluation: cLDM, cLDM (continued), cLDM-PT (Table 1 layout, paired statistics)"
-"$PYTHON" scripts/evaluate.py --pred "cLDM=$OUT/samples/cldm" "cLDM (continued)=$OUT/samples/cldm_continued" \
-    "cLDM-PT=$OUT/samples/cldm_pt" --gt "$RAW/test" --out "$OUT/evaluation" --n_panels 2 --clinical
+stage "evaluation: every model beside the ceilings (Table 1 layout, lesion contrast, paired statistics)"
+PAIRS=()
+for target in $PT_TARGETS; do PAIRS+=("cLDM (continued):$(pt_label "$target")"); done
+"$PYTHON" scripts/evaluate.py --pred "${PREDS[@]}" --reconstruction "$OUT/samples/vqgan" --window "$WINDOW" \
+    --gt "$RAW/test" --out "$OUT/evaluation" --n_panels 2 --clinical \
+    --pairs "cLDM:cLDM (continued)" "${PAIRS[@]}"
 done_stage
 
 stage "results"

@@ -5,8 +5,9 @@
 
 Predictions: ``<pred>/<patient_id>/{dwi,adc}_sample_{k}.nii.gz`` (what scripts/sample_LDM.py
 writes); ground truth: the raw cohort ``<gt>/<patient_id>/{dwi,adc,mask,lesion,ctp}.nii.gz``. Both
-are mapped to [0, 1] with the ground truth's per-patient 0.5/99.5 percentile window inside the
-brain mask (the training normalisation) and scored on the axial slices that preprocessing keeps
+are mapped to [0, 1] with the ground truth's range under the intensity window the models were
+trained with (``--window``, docs/data.md: ``lesion`` by default, ``reference_percentile`` the
+reference's per-patient percentiles) and scored on the axial slices that preprocessing keeps
 (``--slices``, the reference's rule by default). MAE and PSNR are reported over the brain mask by
 default (``--metric_region slice``: the whole slice), the lesion MAE pooled over all lesion voxels
 (``--lesion_mae slice_mean``: the mean of per-slice values); the CSV files hold every variant.
@@ -14,7 +15,12 @@ Runs are scored on the patients that all of them have; each pair of runs gets pa
 per patient and per lesion slice with 95% bootstrap intervals and Wilcoxon p-values
 (``paired_differences.csv`` and under the table). Writes ``metrics_per_slice.csv``,
 ``metrics_per_patient.csv``, ``metrics_summary.csv``, ``paired_differences.csv``, ``table1.md``
-and Fig. 3-style panels ``panels/*.png`` into ``--out``. Input errors end with one line and exit
+and Fig. 3-style panels ``panels/*.png`` into ``--out``. Beside Table 1, ``table1.md`` and
+``lesion_contrast.csv`` give the lesion in physical units per model and patient (DWI lesion /
+normal ratio, ADC lesion mean and ratio, share of lesion voxels with ADC < 620, core volume), with
+the ceilings no latent model can pass: the ground truth through the training window, and the
+first stage's reconstruction D(E(x)) of the test slices when ``--reconstruction`` gives its folder
+(``scripts/reconstruct_VQGAN.py``). Input errors end with one line and exit
 code 2; a patient that cannot be scored is reported and left out of every run (``--strict`` makes
 it an error).
 
@@ -27,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,6 +45,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def get_parser() -> argparse.ArgumentParser:
+    from ldm.data.intensity_window import WINDOWS
     from ldm.evaluation.clinical import ADC_CORE_THRESHOLD, CORE_THRESHOLD_ML
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
@@ -63,6 +69,16 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", choices=("reference", "brain"), default="reference",
                    help="slices to score: the reference's rule (DWI, ADC and CTP with signal in the brain, as "
                         "preprocessing keeps by default) or every slice with brain")
+    p.add_argument("--window", choices=WINDOWS, default="lesion",
+                   help="intensity window that maps ground truth and prediction to [0, 1], the one the models were "
+                        "trained under (docs/data.md): lesion, or reference_percentile (the reference's)")
+    p.add_argument("--adc_window", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="lesion window: the ADC range in 10^-6 mm^2/s (default 0 2500)")
+    p.add_argument("--dwi_headroom", type=float, default=None,
+                   help="lesion window: DWI range 0 .. this x the brain median (default 3)")
+    p.add_argument("--reconstruction", default=None, metavar="DIR",
+                   help="first-stage reconstructions D(E(x)) of the test patients (scripts/reconstruct_VQGAN.py): "
+                        "scored as a ceiling row, never in the paired comparisons")
     p.add_argument("--metric_region", choices=("brain", "slice"), default="brain",
                    help="MAE and PSNR of the table over the brain mask or the whole slice (field-of-view dependent)")
     p.add_argument("--lesion_mae", choices=("pooled", "slice_mean"), default="pooled",
@@ -85,127 +101,13 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_runs(groups: list[list[str]]) -> dict[str, Path]:
-    """``NAME=DIR`` or ``DIR`` (named after the folder) -> {name: folder}; names must be unique."""
-    from ldm.evaluation.volumes import EvaluationInputError
-
-    runs: dict[str, Path] = {}
-    for item in (i for group in groups for i in group):
-        name, sep, folder = item.partition("=")
-        if not sep:
-            name, folder = Path(item.rstrip("/")).name, item
-        if not name or not folder:
-            raise EvaluationInputError(f"--pred {item!r}: expected NAME=DIR or DIR")
-        if name in runs:
-            raise EvaluationInputError(f"--pred: the run name {name!r} is given twice (use NAME=DIR to tell them apart)")
-        runs[name] = Path(folder)
-    return runs
-
-
-def parse_pair(text: str) -> tuple[str, str]:
-    """``A:B`` -> (A, B)."""
-    a, sep, b = text.partition(":")
-    if not sep or not a or not b:
-        raise ValueError(f"--pairs {text!r}: expected RUN_A:RUN_B")
-    return a, b
-
-
-def largest_lesions(lesion_voxels: dict[str, int], patients: list[str], k: int) -> list[str]:
-    """The ``k`` patients with the largest lesion (voxels as evaluation read them: > 0.5, inside the
-    brain), patients without lesion last."""
-    return sorted(patients, key=lambda p: (-lesion_voxels.get(p, 0), p))[:k]
-
-
-def run(opt: argparse.Namespace) -> int:
-    import torch
-
-    from ldm.evaluation.aggregate import per_patient, per_run
-    from ldm.evaluation.choices import MetricChoices
-    from ldm.evaluation.evaluator import evaluate_runs
-    from ldm.evaluation.fid import InceptionFeatures
-    from ldm.evaluation.paired import paired_statistics, run_pairs
-    from ldm.evaluation.panels import render_panels
-    from ldm.evaluation.tables import paired_markdown, table1_markdown, write_csv
-    from ldm.evaluation.volumes import EvaluationInputError
-    from ldm.io import atomic_write_text
-
-    start = time.time()
-    runs = parse_runs(opt.pred)
-    try:
-        choices = MetricChoices(opt.metric_region, opt.lesion_mae, opt.failed_ratio)
-        pairs = run_pairs(list(runs), None if opt.pairs is None else [parse_pair(p) for p in opt.pairs])
-    except ValueError as e:
-        raise EvaluationInputError(str(e)) from e
-    if opt.bootstrap < 100:
-        raise EvaluationInputError(f"--bootstrap must be at least 100 resamples, got {opt.bootstrap}")
-    out = Path(opt.out)
-    if opt.clinical:  # refuse bad settings before the long part
-        from ldm.evaluation.clinical_report import check_options
-        check_options(opt.adc_core_threshold, opt.min_cluster_ml, opt.core_threshold_ml)
-    features, skip_reason = None, None
-    if opt.inception_weights:
-        device = opt.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            features = InceptionFeatures(opt.inception_weights, device=device)
-        except (FileNotFoundError, ValueError) as e:
-            raise EvaluationInputError(str(e)) from e
-    else:
-        skip_reason = "no Inception weights given (--inception_weights PATH to a TorchScript Inception-v3)"
-        print(f"FID skipped: {skip_reason}")
-
-    evaluation = evaluate_runs(runs, opt.gt, features=features, fid_skip_reason=skip_reason,
-                               patients=opt.patients, strict=opt.strict, slice_rule=opt.slices, choices=choices)
-    slices = [row for report in evaluation.runs for row in report.rows]
-    patients = per_patient(slices, choices)
-    summary = per_run(evaluation)
-    paired = paired_statistics(patients, slices, pairs, n_boot=opt.bootstrap)
-    write_csv(slices, out / "metrics_per_slice.csv")
-    write_csv(patients, out / "metrics_per_patient.csv")
-    write_csv(summary, out / "metrics_summary.csv")
-    write_csv([r.to_record() for r in paired], out / "paired_differences.csv",
-              columns=None if paired else ["run_a", "run_b", "modality", "metric", "unit", "n"])
-    markdown = table1_markdown(summary, evaluation)
-    if paired:
-        markdown += "\n### Paired differences\n\n" + paired_markdown(paired)
-    atomic_write_text(out / "table1.md", markdown)
-
-    scored = sorted(set.intersection(*(set(r.patients) for r in evaluation.runs)))
-    chosen = opt.panels if opt.panels else largest_lesions(evaluation.lesion_voxels, scored, max(opt.n_panels, 0))
-    unknown = [p for p in chosen if p not in scored]
-    if unknown:
-        print(f"panels: patient(s) {', '.join(unknown)} were not scored in every run: not rendered")
-        chosen = [p for p in chosen if p in scored]
-    panel_paths = [render_panels(opt.gt, runs, [pid], out / "panels" / f"{pid}.png", opt.panel_sample)
-                   for pid in chosen]
-    if len(chosen) > 1:
-        panel_paths.append(render_panels(opt.gt, runs, chosen, out / "panels" / "fig3.png", opt.panel_sample))
-
-    clinical_paths = []
-    if opt.clinical:
-        from ldm.evaluation.clinical_report import clinical_markdown, collect, write_clinical
-        clinical = collect({r.name: (r.pred_dir, r.patients) for r in evaluation.runs}, opt.gt,
-                           threshold=opt.adc_core_threshold, min_cluster_ml=opt.min_cluster_ml,
-                           core_threshold_ml=opt.core_threshold_ml)
-        clinical_paths = write_clinical(clinical, out)
-
-    print(markdown)
-    if opt.clinical:
-        print(clinical_markdown(clinical))
-        print(f"clinical read-out: {', '.join(str(p) for p in clinical_paths)}")
-    print(f"wrote {out / 'table1.md'}, {out / 'metrics_summary.csv'}, {out / 'metrics_per_patient.csv'}, "
-          f"{out / 'metrics_per_slice.csv'}, {out / 'paired_differences.csv'}")
-    for path in panel_paths:
-        print(f"panel: {path}")
-    print(f"evaluation took {time.time() - start:.1f} s")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
+    from ldm.evaluation.run_evaluation import run_evaluation
     from ldm.evaluation.volumes import EvaluationInputError
 
     opt = get_parser().parse_args(argv)
     try:
-        return run(opt)
+        return run_evaluation(opt)
     except EvaluationInputError as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

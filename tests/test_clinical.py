@@ -152,12 +152,12 @@ def test_clinical_cli_writes_every_file_with_the_known_numbers(tmp_path, capsys)
         save(adc + error, shifted / pid / "adc_mean.nii.gz")
         save(2 * np.abs(error), shifted / pid / "adc_std.nii.gz")
         stored = np.asarray(adc + error, np.float32).astype(np.float64)  # the mean map as written (float32)
-        width = np.subtract(*np.percentile(adc[mask], [99.5, 0.5]))  # the ground truth's window
+        width = np.subtract(*np.percentile(adc[mask], [99.5, 0.5]))  # the ground truth's percentile window
         gt_adc[pid] = (mask, np.abs(stored - adc) / width)
     out = tmp_path / "out"
     rc = evaluate_script.main(["--pred", f"shifted={shifted}", f"perfect={perfect}", "--gt", str(gt_dir),
                                "--out", str(out), "--n_panels", "0", "--clinical", "--core_threshold_ml",
-                               str(DECISION_ML)])
+                               str(DECISION_ML), "--window", "reference_percentile"])
     assert rc == 0
     for name in ("clinical_per_patient.csv", "clinical_agreement.csv", "clinical.md", "table1.md"):
         assert (out / name).is_file(), name

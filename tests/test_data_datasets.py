@@ -25,6 +25,8 @@ def splits(tmp_path_factory):
     clinical = generate_patient([9, 5], size=SIZE, n_slices=4, n_timepoints=15)
     write_patient(clinical, root / "raw_clinical" / "C0", maps=("ctp", "mask"))
     preprocess_cohort(root / "raw", root / "train", size=SIZE, progress=False)
+    preprocess_cohort(root / "raw", root / "train_percentile", size=SIZE, progress=False,
+                      window="reference_percentile")
     preprocess_cohort(root / "raw_clinical", root / "clinical", size=SIZE, reference_dir=root / "train",
                       progress=False)
     return root
@@ -124,8 +126,11 @@ def test_ctp_only_patients_are_usable_for_sampling(splits):
 def test_mri_dataset_and_worker_loading(splits):
     dataset = MRISlices(splits / "train", augment=True)
     item = dataset[0]
-    assert sorted(item) == ["mask", "mri"]
+    assert sorted(item) == ["lesion", "mask", "mri"]  # the lesion serves a lesion-weighted first-stage loss
     assert item["mri"].shape == (2, *SIZE) and (item["mri"][:, item["mask"][0] == 0] == -1).all()
+    assert item["lesion"].shape == (1, *SIZE) and (item["lesion"] <= item["mask"]).all()
+    with_lesion = [dataset[i]["lesion"].sum() for i in range(len(dataset))]
+    assert max(with_lesion) > 0
     assert len(pickle.dumps(dataset)) < 50_000  # open memory maps are never pickled into workers
     loader = DataLoader(CTPMRISlices(splits / "train", augment=True), batch_size=4, num_workers=2,
                         persistent_workers=True, shuffle=True)
@@ -140,7 +145,8 @@ def test_augmentation_warps_the_unclipped_maps_then_clips_as_the_reference(split
     from ldm.data.augmentation import AugmentParams, apply_augmentation
 
     params = AugmentParams(affine=True, angle=0.1, shift_h=0.5, shift_w=-0.5)
-    dataset = CTPMRISlices(splits / "train", augment={"affine_p": 1.0})
+    # the percentile window clips both ends of every map, so the order shows (the lesion window clips little)
+    dataset = CTPMRISlices(splits / "train_percentile", augment={"affine_p": 1.0})
     dataset.augmentation.sample = lambda generator=None: params
     index = next(i for i, (p, _) in enumerate(dataset.slices) if dataset.records[p].has_lesion)
     pid, position = dataset.slices[index]
@@ -156,6 +162,22 @@ def test_augmentation_warps_the_unclipped_maps_then_clips_as_the_reference(split
     clipped_first, _ = apply_augmentation(mri.clamp(0, 1), masks, params)
     other = torch.where(mask > 0, clipped_first * 2 - 1, torch.tensor(-1.0))
     assert (item["mri"] - other).abs().max() > 1e-3  # the order matters, and ours is the reference's
+
+
+def test_the_config_window_must_be_the_split_window(splits):
+    from ldm.util import ConfigError
+
+    assert CTPMRISlices(splits / "train", window="lesion").window.name == "lesion"
+    assert MRISlices(splits / "train_percentile").window.name == "reference_percentile"  # None: the split's
+    with pytest.raises(ConfigError, match=r"window: the config asks for reference_percentile.*train/index.json"
+                                          r".*preprocessed with lesion"):
+        CTPMRISlices(splits / "train", window="reference_percentile")
+    with pytest.raises(ConfigError, match="DWI 0..2.5 x.*preprocessed with lesion .*DWI 0..3 x.*--dwi_headroom 2.5"):
+        MRISlices(splits / "train", window={"name": "lesion", "dwi_headroom": 2.5})
+    with pytest.raises(ConfigError, match="window 'percentile' does not exist"):
+        MRISlices(splits / "train", window="percentile")
+    with pytest.raises(ConfigError, match="window key 'adc_rang' does not exist"):
+        MRISlices(splits / "train", window={"name": "lesion", "adc_rang": [0, 2500]})
 
 
 def test_a_non_finite_slice_is_refused_by_name(tmp_path):

@@ -34,7 +34,16 @@ def _source(folder, name):
     return nib.load(str(folder / f"{name}.nii.gz"))
 
 
-def test_normalise_then_invert_gives_back_the_source_volume(tmp_path, patients):
+def _expected_range(window: str, modality: str, source: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
+    """The window's (lo, hi), computed here independently of ldm/data/intensity_window.py."""
+    values = np.maximum(source[brain], 0)
+    if window == "reference_percentile":
+        return tuple(np.percentile(values, [0.5, 99.5]))
+    return (0.0, 2500.0) if modality == "adc" else (0.0, 3.0 * float(np.median(values)))
+
+
+@pytest.mark.parametrize("window", ["reference_percentile", "lesion"])
+def test_normalise_then_invert_gives_back_the_source_volume(tmp_path, patients, window):
     raw = tmp_path / "raw"
     folders = [_write(raw, p) for p in patients]
     # One empty slice (no brain) must be skipped and come back as background.
@@ -43,10 +52,11 @@ def test_normalise_then_invert_gives_back_the_source_volume(tmp_path, patients):
     emptied[..., 1] = 0
     nib.save(nib.Nifti1Image(emptied, mask.affine, mask.header), str(folders[0] / "mask.nii.gz"))
 
-    summary = preprocess_cohort(raw, tmp_path / "npy", size=SIZE, progress=False)
+    summary = preprocess_cohort(raw, tmp_path / "npy", size=SIZE, progress=False, window=window)
     records = load_index(tmp_path / "npy")
     assert sorted(records) == sorted(summary.records) == ["P000", "P001", "P002"]
     assert records["P000"].slice_indices == [0, 2, 3, 4]
+    assert {r.intensity_window.name for r in records.values()} == {window}
     assert any(r.crop[a][1] - r.crop[a][0] < r.source_shape[a] for r in records.values() for a in (0, 1))
     assert any(sum(r.pad[a]) > 0 for r in records.values() for a in (0, 1))
 
@@ -57,7 +67,8 @@ def test_normalise_then_invert_gives_back_the_source_volume(tmp_path, patients):
         stored_mask = np.load(record.array_path("mask"))
         assert mri.dtype == np.float16 and mri.shape == (record.n_slices, 2, *SIZE)
         # stored scaled but unclipped (the augmentation warps them before the clipping, as the reference)
-        assert mri.min() < 0.0 and mri.max() > 1.0
+        if window == "reference_percentile":  # the lesion window holds nearly everything, from 0
+            assert mri.min() < 0.0 and mri.max() > 1.0
         model_range = np.where(stored_mask[:, None] > 0, np.clip(mri.astype(np.float32), 0, 1) * 2 - 1, -1.0)
         brain = np.asarray(_source(folder, "mask").dataobj) > 0
         inside = np.zeros_like(brain)
@@ -67,8 +78,7 @@ def test_normalise_then_invert_gives_back_the_source_volume(tmp_path, patients):
             volume = slices_to_volume(model_range[:, channel], record, modality)
             source = _source(folder, modality).get_fdata()
             lo, hi = record.intensity_range(modality)
-            lo_ref, hi_ref = np.percentile(np.maximum(source[brain], 0), [0.5, 99.5])
-            assert (lo, hi) == pytest.approx((lo_ref, hi_ref))
+            assert (lo, hi) == pytest.approx(_expected_range(window, modality, source, brain))
             expected = np.where(brain & inside, np.clip(np.maximum(source, 0), lo, hi), 0.0)
             # float16 storage: rounding on [0, 1] is at most 2^-12, i.e. (hi - lo) / 4096 in physical units
             np.testing.assert_allclose(volume, expected, rtol=0, atol=(hi - lo) / 4096 * 1.01)

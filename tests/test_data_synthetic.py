@@ -119,3 +119,35 @@ def test_command_line(tmp_path, capsys):
     assert [f.name for f in (tmp_path / "clinical" / "P0002").iterdir()] == ["ctp.nii.gz"]
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--size", "huge"])
+
+
+def test_lesion_volume_law_quantiles_and_strata():
+    from scipy import stats
+
+    from ldm.data.lesion_model import (P_NO_LESION, VOLUME_LOG_MEAN, VOLUME_LOG_SD, VOLUME_RANGE_ML,
+                                       stratified_quantiles, volume_at_quantile)
+
+    assert volume_at_quantile(0.0) == 0.0 and volume_at_quantile(P_NO_LESION - 1e-9) == 0.0
+    # the median lesion is the log-normal's median, exp(mu); quantiles map through the normal's
+    assert volume_at_quantile(P_NO_LESION + 0.5 * (1 - P_NO_LESION)) == pytest.approx(np.exp(VOLUME_LOG_MEAN))
+    q = P_NO_LESION + 0.9 * (1 - P_NO_LESION)
+    assert volume_at_quantile(q) == pytest.approx(np.exp(VOLUME_LOG_MEAN + VOLUME_LOG_SD * stats.norm.ppf(0.9)))
+    assert volume_at_quantile(1 - 1e-12) == VOLUME_RANGE_ML[1] and volume_at_quantile(P_NO_LESION) == VOLUME_RANGE_ML[0]
+    with pytest.raises(ValueError):
+        volume_at_quantile(1.0)
+    strata = stratified_quantiles(np.random.default_rng(0), 10)
+    assert sorted(np.floor(strata * 10).astype(int)) == list(range(10))  # one quantile per tenth
+    # the law's moments by Monte Carlo over its quantiles: mean about 15-20 ml, heavy-tailed, clipped
+    volumes = np.array([volume_at_quantile(v) for v in np.random.default_rng(1).random(200_000)])
+    lesion = volumes[volumes > 0]
+    assert abs(len(lesion) / len(volumes) - (1 - P_NO_LESION)) < 0.01
+    assert 14 < lesion.mean() < 20 and 40 < lesion.std() < 65 and 2 < np.median(lesion) < 3
+
+
+def test_the_demo_test_split_has_four_patients_with_two_ml_of_lesion(tmp_path):
+    """scripts/demo.sh's test split (10 patients, stratified lesion volumes, the whole brain)."""
+    import json
+
+    generate_cohort(tmp_path, 0, 0, 10, size="demo", seed=0, progress=False)
+    volumes = [p["lesion_ml"] for p in json.loads((tmp_path / "cohort.json").read_text())["patients"]["test"].values()]
+    assert sum(v >= 2.0 for v in volumes) >= 4 and sum(v == 0 for v in volumes) >= 2

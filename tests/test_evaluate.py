@@ -64,14 +64,18 @@ def cohort(tmp_path):
     return gt_dir, perfect, noisy, gts
 
 
-def reference_scores(gt, pred_path, modality):
-    """Independent computation: reference normalisation (np.quantile), then the metric formulas.
+def reference_scores(gt, pred_path, modality, window="lesion"):
+    """Independent computation: the window's normalisation (the reference's by np.quantile; the
+    lesion window's fixed ADC range and 3 x the brain median for DWI), then the metric formulas.
 
     Returns {mae_slice, mae_brain, psnr_slice, psnr_brain, lesion_slice_mean, lesion_pooled} over the
     patient's brain slices (its CTP has signal wherever there is brain)."""
     mask = gt["mask"]
     ref = np.clip(gt[modality].astype(np.float64), 0, None)
-    lo, hi = np.quantile(ref[mask], 0.005), np.quantile(ref[mask], 0.995)
+    if window == "reference_percentile":
+        lo, hi = np.quantile(ref[mask], 0.005), np.quantile(ref[mask], 0.995)
+    else:
+        lo, hi = (0.0, 2500.0) if modality == "adc" else (0.0, 3 * np.median(ref[mask]))
 
     def norm(v):
         out = (np.clip(v, lo, hi) - lo) / (hi - lo)
@@ -99,17 +103,18 @@ def reference_scores(gt, pred_path, modality):
     return scores
 
 
-def test_two_runs_side_by_side_with_independent_numbers(cohort, tmp_path, capsys):
+@pytest.mark.parametrize("window", ["lesion", "reference_percentile"])
+def test_two_runs_side_by_side_with_independent_numbers(cohort, tmp_path, capsys, window):
     gt_dir, perfect, noisy, gts = cohort
     out = tmp_path / "out"
     rc = evaluate_script.main(["--pred", f"perfect={perfect}", f"noisy={noisy}", f"noisier={noisy.parent / 'noisier'}",
-                               "--gt", str(gt_dir), "--out", str(out), "--n_panels", "2"])
+                               "--gt", str(gt_dir), "--out", str(out), "--n_panels", "2", "--window", window])
     assert rc == 0
     patients = read_csv(out / "metrics_per_patient.csv")
     by = {(r["run"], r["patient_id"], r["modality"]): r for r in patients}
     for pid, gt in gts.items():
         for modality in ("dwi", "adc"):
-            ref = reference_scores(gt, noisy / pid / f"{modality}_sample_0.nii.gz", modality)
+            ref = reference_scores(gt, noisy / pid / f"{modality}_sample_0.nii.gz", modality, window)
             row = by[("noisy", pid, modality)]
             for key in ("mae_slice", "mae_brain", "psnr_slice", "psnr_brain"):
                 assert float(row[f"{key}_mean"]) == pytest.approx(ref[key], rel=1e-4), key
@@ -138,7 +143,7 @@ def test_two_runs_side_by_side_with_independent_numbers(cohort, tmp_path, capsys
     pooled = sum(float(r["lesion_abs_error"]) for r in lesion) / sum(int(r["lesion_voxels"]) for r in lesion)
     assert float(summary[("noisy", "dwi")]["lesion_mae"]) == pytest.approx(pooled, rel=1e-5)
 
-    table = (out / "table1.md").read_text()
+    table, contrast = (out / "table1.md").read_text().split("### Lesion contrast in physical units")
     assert "| Model | DWI |" in table and "Lesion MAE↓" in table
     lines = [line for line in table.splitlines() if line.startswith(("| perfect", "| noisy", "| noisier"))]
     assert len(lines) == 3 and all(line.count("|") == 12 for line in lines)
@@ -149,6 +154,9 @@ def test_two_runs_side_by_side_with_independent_numbers(cohort, tmp_path, capsys
     assert "without lesion" in table and "P002" in table
     assert "MAE and PSNR over the brain mask" in table and "lesion MAE pooled" in table
     assert "FID skipped: no Inception weights given" in table
+    sources = [line.split("|")[1].strip() for line in contrast.splitlines() if line.startswith("| ")][1:]
+    assert sources[:5] == ["ground truth", "ground truth (training window)", "perfect", "noisy", "noisier"]
+    table = table + contrast
     # paired statistics for every pair of runs, under the table and in the CSV
     assert "#### noisy vs perfect" in table and "#### noisier vs noisy" in table
     paired = read_csv(out / "paired_differences.csv")
@@ -272,7 +280,7 @@ def test_runs_are_compared_on_the_patients_they_all_have(cohort, tmp_path, capsy
                 if line.startswith(("| run_a", "| run_b"))]
     rows_common = [line.split("|")[2:] for line in (out_common / "table1.md").read_text().splitlines()
                    if line.startswith(("| run_a", "| run_b"))]
-    assert rows_all == rows_common and len(rows_all) == 2
+    assert rows_all == rows_common and len(rows_all) == 4  # Table 1 and the lesion contrast
     table = (out_all / "table1.md").read_text()
     assert "run_a: 2 patient(s)" in table and "P002 (not scored in run_b)" in table
     assert "patient P002 has no prediction folder" in capsys.readouterr().out

@@ -63,7 +63,8 @@ def test_data_at_the_target_spacing_and_frame_count_is_written_as_before(tmp_pat
     _random_patient(raw / "P002", 2, ctp_only=True)
     (raw / "P002" / "mask.nii.gz").unlink()  # derived from the CTP
     for name, spacing in (("paper", (1.0, 1.0, 5.0)), ("native", None)):
-        preprocess_cohort(raw, tmp_path / name, size=(32, 32), spacing=spacing, progress=False)
+        preprocess_cohort(raw, tmp_path / name, size=(32, 32), spacing=spacing, progress=False,
+                          window="reference_percentile")  # the normalisation the digests were taken with
         records = load_index(tmp_path / name)
         for (pid, array), digest in BEFORE.items():
             data = np.load(records[pid].array_path(array))

@@ -86,9 +86,13 @@ def test_a_run_folder_alone_samples_a_raw_ctp_on_its_own_grid(tmp_path, capsys):
     assert rc == 0, printed.err
     assert "the run expects 1 x 1 x 5 mm, 32 x 32, 15 CTP frames" in printed.out
     assert "1 CTP-only patient(s)" in printed.out
+    assert contract.window == reference.window  # the raw CTP was preprocessed under the run's window
     for modality in ("dwi", "adc"):
         image = nib.load(str(out / "C001" / f"{modality}_sample_0.nii.gz"))
         assert image.shape == shape
+        # the range the model could write, from the run's reference, is in the header
+        assert (float(image.header["cal_min"]), float(image.header["cal_max"])) == pytest.approx(
+            reference.intensity_range(modality), rel=1e-6)
         np.testing.assert_allclose(image.affine, affine, atol=1e-5)
         data = image.get_fdata()
         lo, hi = reference.intensity_range(modality)
@@ -118,3 +122,10 @@ def test_a_split_preprocessed_at_another_spacing_is_refused(tmp_path, capsys):
     assert rc == 2
     assert "spacing 1 x 1 x 2.5 mm (the run: 1 x 1 x 5 mm; --spacing 1 1 5)" in message
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.nii.gz"))
+    # the same for a split preprocessed under another intensity window
+    preprocess_cohort(tmp_path / "raw", tmp_path / "npy3", size=SIZE, spacing=(1.0, 1.0, 5.0), progress=False,
+                      window="reference_percentile")
+    rc = sample_script.main(["-r", str(run), "--data", str(tmp_path / "npy3"), "--outdir", str(tmp_path / "o"),
+                             "--steps", "2", "--device", "cpu", "--no_progress"])
+    message = error_line(capsys.readouterr().err)
+    assert rc == 2 and "the window reference_percentile" in message and "--window lesion" in message

@@ -310,6 +310,38 @@ def test_l2_pixel_loss_option():
     assert float(loss) == pytest.approx(0.25) and float(log["train/rec_loss"]) == pytest.approx(0.25)
 
 
+def test_lesion_weighted_pixel_loss_by_hand():
+    loss_fn = VQLPIPSWithDiscriminator(disc_start=10, disc_in_channels=2, perceptual_weight=0.0, disc_ndf=8,
+                                       lesion_weight=20.0)
+    x, y = torch.zeros(1, 2, 4, 4), torch.full((1, 2, 4, 4), 0.5)
+    lesion = torch.zeros(1, 1, 4, 4)
+    lesion[..., :2, :2] = 1.0  # 4 of 16 pixels
+    loss, log = loss_fn(torch.tensor(0.0), x, y, 0, global_step=0, lesion=lesion)
+    assert float(loss) == pytest.approx(0.5 * (12 * 1 + 4 * 21) / 16)  # mean of (1 + 20 M) |x - y|
+    assert float(log["train/rec_loss"]) == pytest.approx(0.5)  # the logged L1 stays unweighted
+    with pytest.raises(ValueError, match="needs the lesion mask in the batch"):
+        loss_fn(torch.tensor(0.0), x, y, 0, global_step=0)
+    with pytest.raises(ConfigError, match="lesion_weight must be >= 0"):
+        VQLPIPSWithDiscriminator(disc_start=10, disc_in_channels=2, perceptual_weight=0.0, lesion_weight=-1.0)
+    plain = VQLPIPSWithDiscriminator(disc_start=10, disc_in_channels=2, perceptual_weight=0.0, disc_ndf=8)
+    assert float(plain(torch.tensor(0.0), x, y, 0, global_step=0, lesion=lesion)[0]) == pytest.approx(0.5)
+
+
+def test_vqmodel_feeds_the_batch_lesion_to_a_lesion_weighted_loss():
+    from tests.helpers.vqgan_models import tiny_lossconfig, tiny_vqmodel
+
+    model = tiny_vqmodel(lossconfig=tiny_lossconfig(lesion_weight=10.0))
+    batch = {"mri": torch.rand(2, 2, 32, 32) * 2 - 1, "lesion": torch.zeros(2, 1, 32, 32)}
+    batch["lesion"][0, 0, 8:16, 8:16] = 1.0
+    xrec, qloss = model(batch["mri"])
+    expected = ((1 + 10.0 * batch["lesion"]) * (batch["mri"] - xrec).abs()).mean() + qloss.mean()
+    loss, _ = model.loss(qloss, batch["mri"], xrec, 0, 0, last_layer=model.get_last_layer(),
+                         lesion=model._lesion(batch))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(KeyError, match="needs the batch's lesion mask"):
+        model._lesion({"mri": batch["mri"]})
+
+
 # -- perceptual loss -------------------------------------------------------------------------------
 def test_perceptual_loss_needs_local_weight_files(tmp_path):
     with pytest.raises(ConfigError, match="vgg16_weights is not set"):

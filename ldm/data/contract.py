@@ -3,22 +3,24 @@
 When a run trains on a preprocessed split, its folder gets (written atomically by SetupCallback)
 
     <run>/reference.json       the training split's cohort reference (record.CohortReference)
-    <run>/data_contract.json   {"spacing", "size", "n_timepoints", "slice_rule", "index_version",
-                                "train_data_root", "reference"}
+    <run>/data_contract.json   {"spacing", "size", "n_timepoints", "slice_rule", "window",
+                                "index_version", "train_data_root", "reference"}
 
 so that ``sample_LDM.py -r <run> --data <raw CTP-only folder>`` works on another machine with
 nothing but the run: the raw data is preprocessed at the run's spacing, size and frame count, and
 CTP-only patients get their DWI/ADC scale from the run's reference. A preprocessed split whose
-spacing, size or frame count differs from the contract is refused, naming both values.
+spacing, size, frame count or intensity window differs from the contract is refused, naming both
+values.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from ldm.data.intensity_window import IntensityWindow
 from ldm.data.record import INDEX_FILE, INDEX_VERSION, REFERENCE_FILE, CohortReference, index_settings, load_reference
 from ldm.data.resampling import SPACING_TOLERANCE, at_spacing, format_spacing
 from ldm.io import atomic_write_json
@@ -32,13 +34,15 @@ class DataContract:
     spacing: tuple[float, float, float] | None  # None: trained on native grids of mixed spacing
     n_timepoints: int
     slice_rule: str
+    window: IntensityWindow = field(default_factory=lambda: IntensityWindow(name="reference_percentile"))
     train_data_root: str = ""
     reference: CohortReference | None = None
     source: str = ""  # where the contract was read from
 
     def to_json(self) -> dict:
         return {"spacing": None if self.spacing is None else list(self.spacing), "size": list(self.size),
-                "n_timepoints": self.n_timepoints, "slice_rule": self.slice_rule, "index_version": INDEX_VERSION,
+                "n_timepoints": self.n_timepoints, "slice_rule": self.slice_rule, "window": self.window.to_json(),
+                "index_version": INDEX_VERSION,
                 "train_data_root": self.train_data_root,
                 "reference": None if self.reference is None else self.reference.to_json()}
 
@@ -49,6 +53,7 @@ class DataContract:
         return cls(size=tuple(int(v) for v in data["size"]),  # type: ignore[arg-type]
                    spacing=None if spacing is None else tuple(float(v) for v in spacing),  # type: ignore[arg-type]
                    n_timepoints=int(data["n_timepoints"]), slice_rule=str(data.get("slice_rule", "reference")),
+                   window=IntensityWindow.from_json(data.get("window")),
                    train_data_root=str(data.get("train_data_root", "")),
                    reference=None if reference is None else CohortReference.from_json(reference), source=source)
 
@@ -62,11 +67,12 @@ class DataContract:
         return cls(size=tuple(settings["size"]),  # type: ignore[arg-type]
                    spacing=None if spacing is None else tuple(spacing),  # type: ignore[arg-type]
                    n_timepoints=settings["n_timepoints"], slice_rule=settings["slice_rule"],
-                   train_data_root=str(Path(data_root).resolve()), reference=reference,
+                   window=settings["window"], train_data_root=str(Path(data_root).resolve()), reference=reference,
                    source=str(Path(data_root) / INDEX_FILE))
 
     def describe(self) -> str:
-        return (f"{format_spacing(self.spacing)}, {self.size[0]} x {self.size[1]}, {self.n_timepoints} CTP frames")
+        return (f"{format_spacing(self.spacing)}, {self.size[0]} x {self.size[1]}, {self.n_timepoints} CTP frames, "
+                f"window {self.window.name}")
 
 
 def train_data_root(config: DictConfig) -> str | None:
@@ -99,7 +105,8 @@ def load_run_contract(run_dir: str | Path | None) -> DataContract | None:
 
 
 def check_split(contract: DataContract, data_root: str | Path) -> None:
-    """Refuse a preprocessed split made at another spacing, size or frame count than ``contract``."""
+    """Refuse a preprocessed split made at another spacing, size, frame count or intensity window
+    than ``contract``."""
     settings = index_settings(data_root)
     spacing = settings["spacing"]
     problems = []
@@ -113,6 +120,9 @@ def check_split(contract: DataContract, data_root: str | Path) -> None:
     if settings["n_timepoints"] != contract.n_timepoints:
         problems.append(f"{settings['n_timepoints']} CTP frames (the run: {contract.n_timepoints}; "
                         f"--timepoints {contract.n_timepoints})")
+    if settings["window"] != contract.window:
+        problems.append(f"the window {settings['window'].describe()} (the run: {contract.window.describe()}; "
+                        f"{contract.window.cli()})")
     if problems:
         raise ValueError(f"{str(data_root)!r} was preprocessed with {'; '.join(problems)} ({contract.source}): "
                          f"preprocess it again with the run's settings, or give the raw cohort")

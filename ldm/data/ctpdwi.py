@@ -5,7 +5,9 @@ feeds the VQGAN: the MRI pair and the brain mask. Both read the memory-mapped fl
 lazily in each DataLoader worker, augment (``augment``, training only: ``true`` for the reference's
 transforms or a mapping of :class:`SliceAugmentation` parameters) all maps of a slice jointly on
 their scaled but unclipped values, then clip to [0, 1], mask and map to [-1, 1] with the
-background exactly -1 (the reference's order, docs/data.md).
+background exactly -1 (the reference's order, docs/data.md). ``window`` names the intensity window
+the config expects (ldm/data/intensity_window.py); a split preprocessed under another window is
+refused, naming the key and the split's index.json (None: whatever window the split was made with).
 
 Item tensors are float32: ``ctp`` (T, H, W), ``mri`` (2, H, W) = [DWI, ADC], ``mask`` and
 ``lesion`` (1, H, W) in {0, 1}; H runs along the source volume's first axis (X), W along its
@@ -23,9 +25,11 @@ import torch
 from torch.utils.data import Dataset
 
 from ldm.data.augmentation import SliceAugmentation
+from ldm.data.intensity_window import IntensityWindow, WindowError
 from ldm.data.normalization import to_model_range
-from ldm.data.record import PatientRecord, load_index
+from ldm.data.record import INDEX_FILE, PatientRecord, index_settings, load_index
 from ldm.data.slice_store import SliceStore
+from ldm.util import ConfigError
 
 
 def _select(records: dict[str, PatientRecord], patients: Iterable[str] | None, root: Path) -> dict[str, PatientRecord]:
@@ -37,6 +41,22 @@ def _select(records: dict[str, PatientRecord], patients: Iterable[str] | None, r
         raise ValueError(f"patient {unknown[0]} is not in the preprocessed split {str(root)!r} "
                          f"({len(records)} patients in its index.json)")
     return {p: records[p] for p in patients}
+
+
+def check_window(data_root: Path, window: "str | Mapping[str, Any] | None") -> IntensityWindow:
+    """The split's intensity window; ConfigError when the config's ``window`` differs from it."""
+    made_with = index_settings(data_root)["window"]
+    if window is None:
+        return made_with
+    try:
+        expected = IntensityWindow.from_config(window)
+    except WindowError as e:
+        raise ConfigError(f"data window: {e}") from None
+    if expected != made_with:
+        raise ConfigError(f"window: the config asks for {expected.describe()}, but {str(data_root / INDEX_FILE)!r} "
+                          f"was preprocessed with {made_with.describe()}: preprocess it again with {expected.cli()}, "
+                          f"or set the dataset's window to {made_with.to_json()}")
+    return expected
 
 
 def _evenly_spaced(items: list, limit: int | None) -> list:
@@ -53,9 +73,10 @@ class _PreprocessedSlices(Dataset):
     """Shared index building, lazy array access and augmentation of the two datasets."""
 
     def __init__(self, data_root: str | Path, augment: bool | Mapping[str, Any], patients: Iterable[str] | None,
-                 max_slices: int | None, mri_only: bool) -> None:
+                 max_slices: int | None, mri_only: bool, window: "str | Mapping[str, Any] | None" = None) -> None:
         self.data_root = Path(data_root)
         records = _select(load_index(self.data_root), patients, self.data_root)
+        self.window = check_window(self.data_root, window)
         if mri_only:
             records = {p: r for p, r in records.items() if r.has_mri}
         if not records:
@@ -110,8 +131,8 @@ class CTPMRISlices(_PreprocessedSlices):
 
     def __init__(self, data_root: str | Path, augment: bool | Mapping[str, Any] = False, lesion_oversample: int = 1,
                  patients: Iterable[str] | None = None, max_slices: int | None = None,
-                 require_mri: bool = False) -> None:
-        super().__init__(data_root, augment, patients, max_slices, mri_only=require_mri)
+                 require_mri: bool = False, window: "str | Mapping[str, Any] | None" = None) -> None:
+        super().__init__(data_root, augment, patients, max_slices, mri_only=require_mri, window=window)
         if int(lesion_oversample) != lesion_oversample or lesion_oversample < 1:
             raise ValueError(f"lesion_oversample must be a whole number >= 1, got {lesion_oversample!r}")
         self.lesion_oversample = int(lesion_oversample)
@@ -147,16 +168,17 @@ class CTPMRISlices(_PreprocessedSlices):
 
 
 class MRISlices(_PreprocessedSlices):
-    """VQGAN data: {mri (2,H,W) [DWI, ADC] in [-1, 1], mask (1,H,W)}; CTP-only patients are left out."""
+    """VQGAN data: {mri (2,H,W) [DWI, ADC] in [-1, 1], mask (1,H,W), lesion (1,H,W)}; CTP-only
+    patients are left out. The lesion mask serves a lesion-weighted reconstruction loss."""
 
     def __init__(self, data_root: str | Path, augment: bool | Mapping[str, Any] = False,
                  patients: Iterable[str] | None = None,
-                 max_slices: int | None = None) -> None:
-        super().__init__(data_root, augment, patients, max_slices, mri_only=True)
+                 max_slices: int | None = None, window: "str | Mapping[str, Any] | None" = None) -> None:
+        super().__init__(data_root, augment, patients, max_slices, mri_only=True, window=window)
 
     def __getitem__(self, index: int) -> dict:
         patient_id, position = self.slices[index]
-        x = self._read(patient_id, position, ("mri", "mask"))
-        (mri,), (mask,) = self._augment([x["mri"]], [x["mask"]])
+        x = self._read(patient_id, position, ("mri", "mask", "lesion"))
+        (mri,), (mask, lesion) = self._augment([x["mri"]], [x["mask"], x["lesion"]])
         mask = (mask > 0.5).float()
-        return {"mri": to_model_range(mri, mask), "mask": mask}
+        return {"mri": to_model_range(mri, mask), "mask": mask, "lesion": (lesion > 0.5).float() * mask}

@@ -48,7 +48,8 @@ if __package__ in (None, ""):  # run as a file path (as in the reference README)
 
 from ldm.data.cropping import InPlaneWindow, brain_window
 from ldm.data.harmonisation import Harmonisation, harmonise
-from ldm.data.normalization import CTP_RANGE_HU, percentile_range, scale_to_unit
+from ldm.data.intensity_window import WINDOWS, IntensityWindow
+from ldm.data.normalization import CTP_RANGE_HU, scale_to_unit
 from ldm.data.slice_selection import SLICE_RULES, select_slices
 from ldm.data.record import (INDEX_FILE, INDEX_VERSION, RECORD_FILE, REFERENCE_FILE, CohortReference,
                              PatientRecord, load_reference)
@@ -136,17 +137,21 @@ def _mask_stack(mask: np.ndarray, kept: np.ndarray, window: InPlaneWindow, size:
     return out
 
 
-def _intensity_range(volumes: PatientVolumes, name: str, mask: np.ndarray) -> tuple[float, float]:
-    lo, hi = percentile_range(getattr(volumes, name), mask)
+def _intensity_range(volumes: PatientVolumes, name: str, mask: np.ndarray,
+                     window: IntensityWindow) -> tuple[float, float]:
+    lo, hi = window.intensity_range(name, getattr(volumes, name), mask)
     if not hi > lo:
         raise PatientError(f"patient {volumes.patient_id}: {name}.nii.gz is constant ({lo:g}) inside the brain mask")
     return lo, hi
 
 
 def _build(volumes: PatientVolumes, size: tuple[int, int], slice_rule: str = "reference",
-           harmonisation: Harmonisation | None = None) -> tuple[PatientRecord, dict[str, np.ndarray], list[str]]:
+           harmonisation: Harmonisation | None = None,
+           window: IntensityWindow | None = None) -> tuple[PatientRecord, dict[str, np.ndarray], list[str]]:
     """Slices and record of a patient on its model grid; ``harmonisation`` (harmonise()) says
-    which source grid and time axis that grid came from (None: the volumes are the source)."""
+    which source grid and time axis that grid came from (None: the volumes are the source);
+    ``window`` maps DWI and ADC to [0, 1] (intensity_window.py; None: the default window)."""
+    window = IntensityWindow.from_config(window)
     pid = volumes.patient_id
     volumes, notes = with_brain_mask(volumes)  # the given mask, else derived from the CTP (validation.py)
     mask, mask_source = volumes.mask, volumes.mask_source
@@ -155,33 +160,33 @@ def _build(volumes: PatientVolumes, size: tuple[int, int], slice_rule: str = "re
         maps = "DWI, ADC and CTP" if volumes.has_mri else "CTP"
         raise PatientError(f"patient {pid}: no axial slice has {maps} signal inside the brain mask "
                            f"(slice rule {slice_rule!r})")
-    window, cuts = brain_window(mask, size)
+    plane, cuts = brain_window(mask, size)
     if cuts:
         notes.append(f"patient {pid}: the {size[0]}x{size[1]} window crops brain voxels "
-                     f"(grid {volumes.ctp.shape[0]}x{volumes.ctp.shape[1]}, kept {window.crop})")
+                     f"(grid {volumes.ctp.shape[0]}x{volumes.ctp.shape[1]}, kept {plane.crop})")
 
-    arrays = {"ctp": _scaled_stack(volumes.ctp, kept, window, size, *CTP_RANGE_HU, zero_negatives=False),  # (S, T, H, W)
-              "mask": _mask_stack(mask, kept, window, size)}
+    arrays = {"ctp": _scaled_stack(volumes.ctp, kept, plane, size, *CTP_RANGE_HU, zero_negatives=False),  # (S, T, H, W)
+              "mask": _mask_stack(mask, kept, plane, size)}
     dwi_range = adc_range = None
     lesion_voxels: list[int] = []
     if volumes.has_mri:
-        dwi_range = _intensity_range(volumes, "dwi", mask)
-        adc_range = _intensity_range(volumes, "adc", mask)
-        dwi = _scaled_stack(volumes.dwi, kept, window, size, *dwi_range)
-        adc = _scaled_stack(volumes.adc, kept, window, size, *adc_range)
+        dwi_range = _intensity_range(volumes, "dwi", mask, window)
+        adc_range = _intensity_range(volumes, "adc", mask, window)
+        dwi = _scaled_stack(volumes.dwi, kept, plane, size, *dwi_range)
+        adc = _scaled_stack(volumes.adc, kept, plane, size, *adc_range)
         arrays["mri"] = np.stack([dwi, adc], axis=1)
         lesion = volumes.lesion & mask  # a lesion outside the brain is a labelling slip: drop it
-        arrays["lesion"] = _mask_stack(lesion, kept, window, size)
+        arrays["lesion"] = _mask_stack(lesion, kept, plane, size)
         lesion_voxels = [int(v) for v in arrays["lesion"].reshape(kept.size, -1).sum(axis=1)]
 
     record = PatientRecord(
         patient_id=pid, source_shape=tuple(int(n) for n in volumes.ctp.shape[:3]), affine=volumes.affine,
-        zooms=volumes.zooms, size=tuple(size), slice_indices=[int(z) for z in kept], crop=window.crop, pad=window.pad,
+        zooms=volumes.zooms, size=tuple(size), slice_indices=[int(z) for z in kept], crop=plane.crop, pad=plane.pad,
         n_timepoints=int(volumes.ctp.shape[3]), has_mri=volumes.has_mri, has_lesion=any(v > 0 for v in lesion_voxels),
         dwi_range=dwi_range, adc_range=adc_range, ctp_range=CTP_RANGE_HU, lesion_voxels=lesion_voxels,
         mask_source=mask_source, slice_rule=slice_rule, qform=volumes.qform, qform_code=volumes.qform_code,
         sform_code=volumes.sform_code, source_dir=str(volumes.folder.resolve()),
-        spacing=tuple(round(float(z), 6) for z in volumes.zooms))
+        spacing=tuple(round(float(z), 6) for z in volumes.zooms), window=window.to_json())
     if harmonisation is not None:
         _record_harmonisation(record, harmonisation)
     return record, arrays, notes
@@ -206,15 +211,17 @@ def _record_harmonisation(record: PatientRecord, h: Harmonisation) -> None:
 
 def preprocess_patient(folder: str | Path, output_dir: str | Path, size: tuple[int, int] = PAPER_SIZE,
                        n_timepoints: int = 15, slice_rule: str = "reference",
-                       spacing: Sequence[float] | None = None) -> tuple[PatientRecord, list[str]]:
+                       spacing: Sequence[float] | None = None,
+                       window: IntensityWindow | None = None) -> tuple[PatientRecord, list[str]]:
     """Preprocess one patient into ``<output_dir>/<patient_id>/``; return its record and warnings.
 
-    ``spacing`` (mm) is the model grid's voxel size; None keeps the patient's own grid. Raises
+    ``spacing`` (mm) is the model grid's voxel size; None keeps the patient's own grid. ``window``:
+    the DWI/ADC intensity window (None: the default, intensity_window.py). Raises
     :class:`PatientError` for an invalid patient, leaving nothing in ``output_dir``.
     """
     folder, output_dir = Path(folder), Path(output_dir)
     volumes, harmonisation = harmonise(load_patient(folder, n_timepoints), spacing, n_timepoints)
-    record, arrays, notes = _build(volumes, tuple(int(s) for s in size), slice_rule, harmonisation)
+    record, arrays, notes = _build(volumes, tuple(int(s) for s in size), slice_rule, harmonisation, window)
     notes = volumes.notes + notes  # what reading corrected or thresholded (validation.py), said once
     record.checks = dict(volumes.checks)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -226,10 +233,10 @@ def preprocess_patient(folder: str | Path, output_dir: str | Path, size: tuple[i
 
 
 def _worker(job: tuple) -> tuple[str, dict | None, str | None, list[str]]:
-    folder, output_dir, size, n_timepoints, slice_rule, spacing = job
+    folder, output_dir, size, n_timepoints, slice_rule, spacing, window = job
     pid = Path(folder).name
     try:
-        record, notes = preprocess_patient(folder, output_dir, size, n_timepoints, slice_rule, spacing)
+        record, notes = preprocess_patient(folder, output_dir, size, n_timepoints, slice_rule, spacing, window)
         return pid, record.to_json(), None, notes
     except PatientError as e:
         return pid, None, str(e), []
@@ -251,11 +258,13 @@ def patient_folders(input_dir: str | Path) -> list[Path]:
 def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple[int, int] = PAPER_SIZE,
                       workers: int = 1, skip_bad: bool = False, reference_dir: str | Path | None = None,
                       n_timepoints: int = 15, progress: bool = True, slice_rule: str = "reference",
-                      spacing: Sequence[float] | None = None, strict: bool = False) -> PreprocessSummary:
+                      spacing: Sequence[float] | None = None,
+                      window: IntensityWindow | str | None = None, strict: bool = False) -> PreprocessSummary:
     """Preprocess every patient folder of ``input_dir`` into ``output_dir`` (see the module doc).
 
     ``spacing`` (mm): the model grid's voxel size (the command line's default is the paper's
-    1 x 1 x 5 mm); None keeps every patient's own grid.
+    1 x 1 x 5 mm); None keeps every patient's own grid. ``window``: the DWI/ADC intensity window
+    (intensity_window.py; None: the default). A ``reference_dir`` made with another window is refused.
 
     Writes ``index.json`` (this run's good patients), ``reference.json`` and ``cohort_report.csv``.
     When a patient fails the others are still written; then, unless ``skip_bad``,
@@ -266,15 +275,15 @@ def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple
     """
     with folder_lock(output_dir, "preprocessing") as taken:
         summary = _preprocess_cohort(input_dir, output_dir, size, workers, skip_bad, reference_dir, n_timepoints,
-                                     progress, slice_rule, spacing, strict,
+                                     progress, slice_rule, spacing, window, strict,
                                      [] if taken is None else [taken.describe(Path(output_dir))])
     return summary
 
 
 def _preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple[int, int], workers: int,
                        skip_bad: bool, reference_dir: str | Path | None, n_timepoints: int, progress: bool,
-                       slice_rule: str, spacing: Sequence[float] | None, strict: bool,
-                       warnings: list[str]) -> PreprocessSummary:
+                       slice_rule: str, spacing: Sequence[float] | None, window: IntensityWindow | str | None,
+                       strict: bool, warnings: list[str]) -> PreprocessSummary:
     """:func:`preprocess_cohort` with the output folder locked."""
     from tqdm.auto import tqdm
 
@@ -284,8 +293,13 @@ def _preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tupl
     if slice_rule not in SLICE_RULES:
         raise ValueError(f"slice rule must be one of {SLICE_RULES}, got {slice_rule!r}")
     spacing = None if spacing is None else check_spacing(spacing)
+    window = IntensityWindow.from_config(window)
     folders = patient_folders(input_dir)
     reference = load_reference(reference_dir) if reference_dir is not None else None
+    if reference is not None and reference.window != window:
+        raise ValueError(f"--reference {str(reference_dir)!r} was preprocessed with the window "
+                         f"{reference.window.describe()}, this split asks for {window.describe()}: "
+                         f"preprocess both with the same --window")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(output_dir)  # left by a run that was killed
@@ -296,7 +310,7 @@ def _preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tupl
         (output_dir / stale).unlink(missing_ok=True)
 
     summary = PreprocessSummary(output_dir, warnings=list(warnings))
-    jobs = [(str(f), str(output_dir), size, n_timepoints, slice_rule, spacing) for f in folders]
+    jobs = [(str(f), str(output_dir), size, n_timepoints, slice_rule, spacing, window) for f in folders]
     bar = tqdm(total=len(jobs), desc=f"preprocessing {Path(input_dir).name}", unit="patient", disable=not progress)
 
     def collect(result: tuple[str, dict | None, str | None, list[str]]) -> None:
@@ -330,7 +344,8 @@ def _preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tupl
     summary.records = dict(sorted(summary.records.items()))
 
     if reference is None:
-        reference = CohortReference.from_records(list(summary.records.values()), source=str(output_dir.resolve()))
+        reference = CohortReference.from_records(list(summary.records.values()), source=str(output_dir.resolve()),
+                                                 window=window)
     elif not reference.source:
         reference.source = str(Path(reference_dir).resolve())
     summary.reference = reference
@@ -346,7 +361,7 @@ def _preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tupl
     atomic_write_json(output_dir / INDEX_FILE, {
         "version": INDEX_VERSION, "size": list(size), "spacing": split_spacing(spacing, summary.records.values()),
         "requested_spacing": None if spacing is None else list(spacing),
-        "n_timepoints": n_timepoints, "slice_rule": slice_rule,
+        "n_timepoints": n_timepoints, "slice_rule": slice_rule, "window": window.to_json(),
         "dtype": np.dtype(STORAGE_DTYPE).name, "input_dir": str(Path(input_dir).resolve()),
         "reference": None if reference is None else reference.to_json(),
         "patients": {pid: r.to_json() for pid, r in summary.records.items()},
@@ -377,6 +392,17 @@ def parse_spacing(values: Sequence[str]) -> tuple[float, float, float] | None:
         raise ValueError(f"--spacing takes three voxel sizes in mm (e.g. 1 1 5) or 'native', got {' '.join(values)}")
 
 
+def window_from_arguments(name: str, adc_window: Sequence[float] | None,
+                          dwi_headroom: float | None) -> IntensityWindow:
+    """The window of ``--window`` / ``--adc_window`` / ``--dwi_headroom`` (the last two: lesion only)."""
+    params: dict = {"name": name}
+    if adc_window is not None:
+        params["adc_range"] = list(adc_window)
+    if dwi_headroom is not None:
+        params["dwi_headroom"] = dwi_headroom
+    return IntensityWindow.from_config(params)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input_dir", required=True, help="raw split: <input_dir>/<patient_id>/{ctp,dwi,...}.nii.gz")
@@ -400,6 +426,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slices", choices=SLICE_RULES, default="reference",
                         help="reference (default): keep a slice only if DWI, ADC and CTP each have signal in the "
                              "brain mask, as the reference preprocessing; brain: every slice with brain")
+    parser.add_argument("--window", choices=WINDOWS, default="lesion",
+                        help="DWI/ADC intensity window (docs/data.md): lesion (default; ADC on a fixed physical "
+                             "range, DWI on a multiple of the brain median, so lesions are kept) or "
+                             "reference_percentile (the reference code's per-patient 0.5/99.5 percentiles)")
+    parser.add_argument("--adc_window", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="lesion window: the ADC range in 10^-6 mm^2/s (default 0 2500)")
+    parser.add_argument("--dwi_headroom", type=float, default=None,
+                        help="lesion window: DWI range 0 .. this x the brain median (default 3)")
     args = parser.parse_args(argv)
     if min(args.size) < 1 or args.workers < 1 or args.timepoints < 1:
         parser.error("--size, --workers and --timepoints must be positive")
@@ -407,11 +441,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         spacing = parse_spacing(args.spacing)
     except ValueError as e:
         parser.error(str(e))
-    print(f"model grid: {format_spacing(spacing)}, {args.timepoints} CTP frames, {args.size[0]} x {args.size[1]}")
+    try:
+        window = window_from_arguments(args.window, args.adc_window, args.dwi_headroom)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"model grid: {format_spacing(spacing)}, {args.timepoints} CTP frames, {args.size[0]} x {args.size[1]}; "
+          f"window {window.describe()}")
     try:
         summary = preprocess_cohort(args.input_dir, args.output_dir, tuple(args.size), args.workers, args.skip_bad,
                                     args.reference, args.timepoints, slice_rule=args.slices, spacing=spacing,
-                                    strict=args.strict)
+                                    window=window, strict=args.strict)
     except CohortError as e:
         print(e.summary, file=sys.stderr)
         return 1

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ldm.data.intensity_window import IntensityWindow
+
 MODALITIES = ("dwi", "adc")  # the MRI channels, in order (docs/data.md)
 MASKS = ("mask", "lesion")  # the binary maps of a patient: brain and ischemic core
 INDEX_FILE = "index.json"
@@ -44,9 +46,9 @@ class PatientRecord:
 
     ``crop[a] = (start, stop)`` is the source index range kept on in-plane axis ``a`` (X, then Y)
     and ``pad[a] = (before, after)`` the background added around it, so that on each axis
-    ``stop - start + before + after == size[a]``. ``dwi_range``/``adc_range`` are the (0.5th,
-    99.5th) percentiles inside the brain mask (None for a CTP-only patient); ``ctp_range`` is
-    (0, 200) HU. ``lesion_voxels`` counts lesion voxels per kept slice. ``data_dir`` is filled in
+    ``stop - start + before + after == size[a]``. ``dwi_range``/``adc_range`` are the (lo, hi) of
+    the linear map of each to [0, 1], set by the intensity ``window`` (``IntensityWindow.to_json``;
+    ldm/data/intensity_window.py) (None for a CTP-only patient); ``ctp_range`` is (0, 200) HU. ``lesion_voxels`` counts lesion voxels per kept slice. ``data_dir`` is filled in
     by :func:`load_index` (absolute folder of the patient's arrays), never stored.
 
     Geometry: ``source_shape``/``affine``/``zooms``/``qform`` are the source grid, where outputs
@@ -86,6 +88,7 @@ class PatientRecord:
     timepoint_source: str = "as acquired"
     frame_times: list[float] | None = None
     sample_times: list[float] | None = None
+    window: dict | None = None  # None: recorded before windows were (the reference's percentile window)
     data_dir: str | None = None
     # the plausibility measurements of the raw maps and what was corrected (validation.py, docs/data.md)
     checks: dict = field(default_factory=dict)
@@ -106,6 +109,10 @@ class PatientRecord:
     @property
     def n_slices(self) -> int:
         return len(self.slice_indices)
+
+    @property
+    def intensity_window(self) -> IntensityWindow:
+        return IntensityWindow.from_json(self.window)
 
     def intensity_range(self, modality: str) -> tuple[float, float] | None:
         if modality not in ("dwi", "adc", "ctp"):
@@ -151,16 +158,17 @@ class PatientRecord:
 
 @dataclass
 class CohortReference:
-    """Median per-patient percentile constants of a training cohort.
+    """Median per-patient intensity constants of a training cohort, under its intensity window.
 
     They put a synthesised DWI/ADC of a CTP-only patient (who has no MRI of its own to take
-    percentiles from) back into physical units.
+    a window from) back into physical units.
     """
 
     dwi_range: tuple[float, float]
     adc_range: tuple[float, float]
     n_patients: int
     source: str = ""
+    window: IntensityWindow = field(default_factory=lambda: IntensityWindow(name="reference_percentile"))
 
     def intensity_range(self, modality: str) -> tuple[float, float]:
         if modality not in MODALITIES:
@@ -168,24 +176,28 @@ class CohortReference:
         return getattr(self, f"{modality}_range")
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {"dwi_range": list(self.dwi_range), "adc_range": list(self.adc_range), "n_patients": self.n_patients,
+                "source": self.source, "window": self.window.to_json()}
 
     @classmethod
     def from_json(cls, data: dict) -> "CohortReference":
         return cls(dwi_range=(float(data["dwi_range"][0]), float(data["dwi_range"][1])),
                    adc_range=(float(data["adc_range"][0]), float(data["adc_range"][1])),
-                   n_patients=int(data["n_patients"]), source=str(data.get("source", "")))
+                   n_patients=int(data["n_patients"]), source=str(data.get("source", "")),
+                   window=IntensityWindow.from_json(data.get("window")))
 
     @classmethod
-    def from_records(cls, records: list[PatientRecord], source: str = "") -> "CohortReference | None":
-        """Medians over the patients with MRI; None when there are none."""
+    def from_records(cls, records: list[PatientRecord], source: str = "",
+                     window: IntensityWindow | None = None) -> "CohortReference | None":
+        """Medians over the patients with MRI (preprocessed under ``window``); None when there are none."""
         with_mri = [r for r in records if r.has_mri and r.dwi_range is not None and r.adc_range is not None]
         if not with_mri:
             return None
         median = lambda values: float(np.median(np.asarray(values, dtype=np.float64)))  # noqa: E731
         return cls(dwi_range=(median([r.dwi_range[0] for r in with_mri]), median([r.dwi_range[1] for r in with_mri])),
                    adc_range=(median([r.adc_range[0] for r in with_mri]), median([r.adc_range[1] for r in with_mri])),
-                   n_patients=len(with_mri), source=source)
+                   n_patients=len(with_mri), source=source,
+                   window=window if window is not None else IntensityWindow(name="reference_percentile"))
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -223,7 +235,7 @@ def load_reference(path: str | Path) -> CohortReference:
 
 def index_settings(root: str | Path) -> dict:
     """The split-level settings of a preprocessed split's ``index.json``: size, spacing (None for
-    mixed native grids), n_timepoints, slice_rule."""
+    mixed native grids), n_timepoints, slice_rule, window (an IntensityWindow)."""
     path = Path(root) / INDEX_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {INDEX_FILE} in {str(root)!r}")
@@ -234,4 +246,5 @@ def index_settings(root: str | Path) -> dict:
     spacing = index.get("spacing")
     return {"size": [int(v) for v in index["size"]],
             "spacing": None if spacing is None else [float(v) for v in spacing],
-            "n_timepoints": int(index["n_timepoints"]), "slice_rule": str(index.get("slice_rule", "reference"))}
+            "n_timepoints": int(index["n_timepoints"]), "slice_rule": str(index.get("slice_rule", "reference")),
+            "window": IntensityWindow.from_json(index.get("window"))}

@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a file path: make the repository importa
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 from ldm.data.anatomy import build_anatomy, default_n_slices, inplane_voxel_mm
-from ldm.data.lesion_model import lesion_fields, sample_lesions
+from ldm.data.lesion_model import lesion_fields, sample_lesions, stratified_quantiles
 from ldm.data.mri_signal import synthesize_dwi_adc
 from ldm.data.perfusion import acquisition_times, synthesize_ctp
 from ldm.data.record import MASKS, MODALITIES
@@ -36,6 +36,7 @@ from ldm.io import atomic_save_nifti, atomic_write_json
 
 SIZES = {"paper": (192, 224), "demo": (64, 64)}
 MAPS = ("ctp", *MODALITIES, *MASKS)
+LESION_STRATA_STREAM = 7919  # seeds the per-split lesion-volume strata apart from the patients' own streams
 DESCRIPTIONS = {"ctp": "CT perfusion (HU)", "dwi": "DWI b=1000", "adc": "ADC 1e-6 mm2/s",
                 "mask": "brain mask", "lesion": "ischemic lesion (core)"}
 
@@ -74,12 +75,13 @@ def parse_size(text: str | Sequence[int]) -> tuple[int, int]:
 def generate_patient(seed: int | Sequence[int] | np.random.Generator, size: tuple[int, int] = SIZES["paper"],
                      n_slices: int | None = None, n_timepoints: int = 15, patient_id: str = "P0000",
                      vary: bool = True, lesion_volume_ml: float | None = None, lesion_territory: str | None = None,
-                     fov_jitter: int = 0) -> SyntheticPatient:
+                     fov_jitter: int = 0, lesion_quantile: float | None = None) -> SyntheticPatient:
     """Synthesise one patient in memory.
 
     ``vary=False`` puts the unwarped template at the grid centre (MNI x = 0 on the middle of the
     first axis: mirror images are contralateral). ``lesion_volume_ml`` fixes the main lesion's
-    volume (0: none; None: random), ``lesion_territory`` its territory (lesion_model.TERRITORIES).
+    volume (0: none; None: the law's value at ``lesion_quantile``, random when that is None too),
+    ``lesion_territory`` its territory (lesion_model.TERRITORIES).
     ``fov_jitter`` varies the in-plane grid by up to that many
     voxels per axis (scanners differ), so preprocessing must crop or pad.
     """
@@ -90,7 +92,7 @@ def generate_patient(seed: int | Sequence[int] | np.random.Generator, size: tupl
     shape = (int(size[0] + jitter[0]), int(size[1] + jitter[1]), int(n_slices))
     anatomy = build_anatomy(rng, shape, voxel_xy, vary=vary)
 
-    lesions = sample_lesions(rng, lesion_volume_ml, lesion_territory)
+    lesions = sample_lesions(rng, lesion_volume_ml, lesion_territory, quantile=lesion_quantile)
     core, penumbra = lesion_fields(lesions, anatomy.mni)
     tissue = anatomy.gm + anatomy.wm
     core *= anatomy.brain
@@ -153,8 +155,9 @@ def strip_to_ctp_only(folder: str | Path, keep_mask: bool = True) -> None:
 
 
 def _make_patient(job: tuple) -> tuple[str, str, dict]:
-    split, index, patient_id, out_dir, seed, size, n_slices, n_timepoints, maps, fov_jitter = job
-    patient = generate_patient([seed, index], size, n_slices, n_timepoints, patient_id, fov_jitter=fov_jitter)
+    split, index, patient_id, out_dir, seed, size, n_slices, n_timepoints, maps, fov_jitter, quantile = job
+    patient = generate_patient([seed, index], size, n_slices, n_timepoints, patient_id, fov_jitter=fov_jitter,
+                               lesion_quantile=quantile)
     write_patient(patient, Path(out_dir) / split / patient_id, maps)
     return split, patient_id, patient.info
 
@@ -165,7 +168,8 @@ def generate_cohort(out_dir: str | Path, n_train: int, n_val: int, n_test: int,
                     fov_jitter: int = 0, workers: int = 1, progress: bool = True) -> None:
     """Write a cohort of ``n_train + n_val + n_test`` patients (ids P0001, P0002, ... across splits)
     plus ``n_clinical`` CTP-only patients in ``<out>/clinical``, and ``<out>/cohort.json`` with the
-    settings and per-patient facts (lesion volume and slices, territories)."""
+    settings and per-patient facts (lesion volume and slices, territories). Lesion volumes are
+    stratified within each split (lesion_model.stratified_quantiles)."""
     from tqdm.auto import tqdm
 
     size = parse_size(size)
@@ -175,12 +179,13 @@ def generate_cohort(out_dir: str | Path, n_train: int, n_val: int, n_test: int,
     jobs = []
     counts = {"train": n_train, "val": n_val, "test": n_test, "clinical": n_clinical}
     index = 0
-    for split, count in counts.items():
+    for split_number, (split, count) in enumerate(counts.items()):
         maps = ("ctp", "mask") if clinical_mask else ("ctp",)
-        for _ in range(count):
+        quantiles = stratified_quantiles(np.random.default_rng([seed, split_number, LESION_STRATA_STREAM]), count)
+        for quantile in quantiles:
             index += 1
             jobs.append((split, index, f"P{index:04d}", str(out_dir), seed, size, n_slices, n_timepoints,
-                         maps if split == "clinical" else MAPS, fov_jitter))
+                         maps if split == "clinical" else MAPS, fov_jitter, float(quantile)))
     results: dict[str, dict[str, dict]] = {split: {} for split, count in counts.items() if count}
     bar = tqdm(total=len(jobs), desc="synthetic cohort", unit="patient", disable=not progress)
     if workers > 1:

@@ -77,6 +77,23 @@ def _load_mask(record: PatientRecord) -> np.ndarray:
                          "pass mask= or a record from load_index") from e
 
 
+def output_range(record: PatientRecord, modality: str,
+                 reference: CohortReference | str | Path | Mapping[str, PatientRecord] | None = None,
+                 use_reference: bool = False) -> tuple[float, float]:
+    """The physical (lo, hi) that [0, 1] maps back to for ``modality``: the patient's own constants,
+    or for a CTP-only patient (or ``use_reference``) the cohort reference's. A model cannot write
+    values outside it."""
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be 'dwi' or 'adc', got {modality!r}")
+    intensity = None if use_reference else record.intensity_range(modality)
+    if intensity is None:
+        if reference is None:
+            raise ValueError(f"patient {record.patient_id} has no {modality.upper()} constants of its own "
+                             f"(CTP-only): pass reference= the training split's preprocessed folder")
+        intensity = as_reference(reference).intensity_range(modality)
+    return intensity
+
+
 def slices_to_volume(slices: np.ndarray, record: PatientRecord, modality: str,
                      reference: CohortReference | str | Path | Mapping[str, PatientRecord] | None = None,
                      mask: np.ndarray | None = None,
@@ -88,15 +105,7 @@ def slices_to_volume(slices: np.ndarray, record: PatientRecord, modality: str,
     the training split's output folder or its reference.json, or the training split's records
     (``load_index``; their medians are taken). ``mask`` (S, H, W) defaults to the stored mask.
     """
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be 'dwi' or 'adc', got {modality!r}")
-    intensity = None if use_reference else record.intensity_range(modality)
-    if intensity is None:
-        if reference is None:
-            raise ValueError(f"patient {record.patient_id} has no {modality.upper()} constants of its own "
-                             f"(CTP-only): pass reference= the training split's preprocessed folder")
-        reference = as_reference(reference)
-        intensity = reference.intensity_range(modality)
+    intensity = output_range(record, modality, reference, use_reference)
     slices = np.asarray(slices, dtype=np.float32)
     if slices.ndim != 3:
         raise ValueError(f"patient {record.patient_id}: {modality} slices must be (S, H, W), got {slices.shape}")
@@ -117,9 +126,14 @@ def slices_to_volume(slices: np.ndarray, record: PatientRecord, modality: str,
 
 
 def volume_to_nifti(volume: np.ndarray, record: PatientRecord, modality: str | None = None,
-                    description: str | None = None) -> nib.Nifti1Image:
+                    description: str | None = None,
+                    intensity_range: tuple[float, float] | None = None) -> nib.Nifti1Image:
     """A NIfTI image with the source's exact shape, affine (sform and qform with their codes) and
-    units; ``modality`` ("dwi", "adc", ...) sets the description and intent name."""
+    units; ``modality`` ("dwi", "adc", ...) sets the description and intent name.
+
+    ``intensity_range``: the (lo, hi) the model could write (:func:`output_range`), stored as the
+    header's ``cal_min``/``cal_max``: a viewer opens the volume in that window, and evaluation knows
+    which values the model could not have written (an ADC core below lo)."""
     volume = np.asarray(volume)
     if tuple(volume.shape[:3]) != tuple(record.source_shape):
         raise ValueError(f"patient {record.patient_id}: volume shape {tuple(volume.shape)} != source shape "
@@ -139,4 +153,12 @@ def volume_to_nifti(volume: np.ndarray, record: PatientRecord, modality: str | N
     header["descrip"] = text.encode()[:79]
     if modality:
         header["intent_name"] = modality.upper().encode()[:15]
+    if intensity_range is not None:
+        header["cal_min"], header["cal_max"] = (float(v) for v in intensity_range)
     return image
+
+
+def written_range(header: nib.Nifti1Header) -> tuple[float, float] | None:
+    """The (cal_min, cal_max) a writer stored with :func:`volume_to_nifti`, None when unset (0, 0)."""
+    lo, hi = float(header["cal_min"]), float(header["cal_max"])
+    return (lo, hi) if hi > lo else None

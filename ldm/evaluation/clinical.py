@@ -12,7 +12,11 @@ the patient's ground-truth DWI (the grid its brain mask, given or derived from t
 share), so anisotropic voxels (e.g. 1 x 1 x 5 mm) count correctly. The ground truth's ADC must be in
 10^-6 mm^2/s (:func:`require_adc_units`), as the threshold is.
 Undefined values are None (empty CSV cell, a dash in tables), never NaN: the relative volume
-error when the true core is 0 ml. The Dice of two empty masks is defined as 1 (both agree that
+error when the true core is 0 ml, and every synthesised-core value of a sample whose ADC could not
+go below the threshold: a model writes ADC only inside the range its intensity window gave the
+patient (``cal_min``/``cal_max`` in the sample's header, ldm/data/volume.py), and when that range
+starts at or above the threshold its "0 ml" would be the window's doing, not the model's, so the
+core is *not measurable* (``core_measurable`` False) and left out of the agreement. The Dice of two empty masks is defined as 1 (both agree that
 there is no core); a patient without lesion is an ordinary case with a lesion volume of 0 ml.
 """
 from __future__ import annotations
@@ -25,6 +29,8 @@ import numpy as np
 from scipy import ndimage
 
 from ldm.data import plausibility
+from ldm.data.intensity_window import ADC_CORE_THRESHOLD
+from ldm.data.volume import written_range
 from ldm.evaluation.volumes import (
     MODALITIES,
     EvaluationInputError,
@@ -34,7 +40,6 @@ from ldm.evaluation.volumes import (
     prediction_files,
 )
 
-ADC_CORE_THRESHOLD = 620.0  # 10^-6 mm^2/s, RAPID (Purushotham et al. 2015)
 CORE_THRESHOLD_ML = 70.0  # DEFUSE 3 (Albers et al. 2018): eligible for thrombectomy with a core < 70 ml
 _FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 
@@ -129,18 +134,39 @@ def require_adc_units(gt: GroundTruth) -> None:
                                    f"{median:.4g}: not an ADC in 10^-6 mm^2/s, which the core threshold is in")
 
 
+def core_measurable(path: str | Path, threshold: float = ADC_CORE_THRESHOLD) -> bool:
+    """Whether the synthesised ADC at ``path`` could hold values below ``threshold``: False when the
+    range its model could write (the header's cal_min/cal_max) starts at or above it."""
+    writable = written_range(nib.load(str(path)).header)
+    return writable is None or writable[0] < threshold
+
+
+def not_measurable_readout(gt: GroundTruth, voxel_ml: float, true_core: np.ndarray) -> dict:
+    """The read-out of a sample whose core is not measurable: the truth's side only."""
+    true_ml = float(true_core.sum()) * voxel_ml
+    return {"voxel_ml": voxel_ml, "core_ml_synth": None, "core_ml_true_adc": true_ml,
+            "lesion_ml": float(gt.lesion.sum()) * voxel_ml, "volume_diff_ml": None, "abs_volume_error_ml": None,
+            "rel_volume_error_pct": None, "dice_synth_true_adc": None, "dice_synth_lesion": None,
+            "dice_true_adc_lesion": dice(true_core, gt.lesion)}
+
+
 def patient_readouts(gt: GroundTruth, pred_folder: str | Path, voxel_ml: float, true_core: np.ndarray,
                      threshold: float = ADC_CORE_THRESHOLD, min_cluster_ml: float | None = None) -> list[dict]:
     """One :func:`core_readout` per sample k (``{dwi,adc}_sample_k``) in ``pred_folder``
-    (``true_core``: :func:`segment_core` of the true ADC, computed once per patient)."""
+    (``true_core``: :func:`segment_core` of the true ADC, computed once per patient); a sample whose
+    core is not measurable (:func:`core_measurable`) gets None for every synthesised value."""
     # the samples Table 1 scores: those with both files
     samples = {k: v["adc"] for k, v in prediction_files(pred_folder).items() if all(m in v for m in MODALITIES)}
     if not samples:
         raise EvaluationInputError(f"patient {gt.patient_id}: no dwi_sample_k/adc_sample_k pair in "
                                    f"{str(pred_folder)!r}")
-    return [{"patient_id": gt.patient_id, "sample": k,
-             **core_readout(gt, predicted_map(path, gt, "adc"), voxel_ml, threshold, min_cluster_ml, true_core)}
-            for k, path in samples.items()]
+    rows = []
+    for k, path in samples.items():
+        measurable = core_measurable(path, threshold)
+        readout = (core_readout(gt, predicted_map(path, gt, "adc"), voxel_ml, threshold, min_cluster_ml, true_core)
+                   if measurable else not_measurable_readout(gt, voxel_ml, true_core))
+        rows.append({"patient_id": gt.patient_id, "sample": k, "core_measurable": measurable, **readout})
+    return rows
 
 
 def first_sample_rows(rows: Sequence[dict]) -> list[dict]:

@@ -44,7 +44,8 @@ def bland_altman_png(points: Mapping[str, tuple[Sequence[float], Sequence[float]
         ax.axhline(0.0, color="lightgray", linewidth=0.5)
         ax.set_title(f"{run} (n = {ba['n']})", fontsize=9)
         ax.set_xlabel("mean of synthesised and true-ADC core (ml)", fontsize=8)
-        ax.legend(fontsize=7, loc="best")
+        if ba["mean_diff"] is not None:  # no measurable patient: nothing to label
+            ax.legend(fontsize=7, loc="best")
     axes[0].set_ylabel("synthesised - true-ADC core (ml)", fontsize=8)
     return _save(fig, path)
 

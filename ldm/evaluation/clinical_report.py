@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ldm.data.intensity_window import IntensityWindow
 from ldm.evaluation.agreement import bland_altman, cohen_kappa, correlations, decision_table, icc_2_1
 from ldm.evaluation.clinical import (
     ADC_CORE_THRESHOLD,
@@ -67,14 +68,19 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def agreement_row(run: str, rows: Sequence[dict], core_threshold_ml: float) -> dict:
-    """Agreement statistics of one run from one row per patient (``clinical.first_sample_rows``)."""
+    """Agreement statistics of one run from one row per patient (``clinical.first_sample_rows``),
+    over the patients whose synthesised core is measurable."""
+    not_measurable = [r["patient_id"] for r in rows if not r.get("core_measurable", True)]
+    rows = [r for r in rows if r.get("core_measurable", True)]
     synth = [r["core_ml_synth"] for r in rows]
     true = [r["core_ml_true_adc"] for r in rows]
     ba = bland_altman(synth, true)
     table = decision_table([t < core_threshold_ml for t in true], [s < core_threshold_ml for s in synth])
     rel = [r["rel_volume_error_pct"] for r in rows if r["rel_volume_error_pct"] is not None]
     return {
-        "run": run, "n_patients": len(rows), "samples_used": ",".join(sorted({str(r["sample"]) for r in rows})),
+        "run": run, "n_patients": len(rows), "n_not_measurable": len(not_measurable),
+        "not_measurable": ",".join(not_measurable),
+        "samples_used": ",".join(sorted({str(r["sample"]) for r in rows})),
         "mean_core_ml_true_adc": _mean(true), "mean_core_ml_synth": _mean(synth),
         "mean_lesion_ml": _mean([r["lesion_ml"] for r in rows]),
         "mean_diff_ml": ba["mean_diff"], "sd_diff_ml": ba["sd_diff"],
@@ -96,9 +102,10 @@ def agreement_row(run: str, rows: Sequence[dict], core_threshold_ml: float) -> d
 
 def collect(runs: Mapping[str, tuple[Path, Sequence[str]]], gt_dir: str | Path, *,
             threshold: float = ADC_CORE_THRESHOLD, min_cluster_ml: float | None = None,
-            core_threshold_ml: float = CORE_THRESHOLD_ML) -> ClinicalResults:
+            core_threshold_ml: float = CORE_THRESHOLD_ML, window: IntensityWindow | None = None) -> ClinicalResults:
     """Every number of the read-out for ``runs`` = {name: (prediction folder, patients)}; the ground
-    truth of each patient is read once for all runs."""
+    truth of each patient is read once for all runs. ``window``: the intensity window whose range
+    makes the uncertainty's errors comparable across patients (None: the default)."""
     check_options(threshold, min_cluster_ml, core_threshold_ml)
     folders = patient_folders(gt_dir)
     per_patient: list[dict] = []
@@ -118,10 +125,11 @@ def collect(runs: Mapping[str, tuple[Path, Sequence[str]]], gt_dir: str | Path, 
                 continue
             folder = Path(pred_dir) / pid
             for row in patient_readouts(gt, folder, voxel_ml, true_core, threshold, min_cluster_ml):
-                row["core_below_threshold_synth"] = row["core_ml_synth"] < core_threshold_ml
+                row["core_below_threshold_synth"] = (None if row["core_ml_synth"] is None
+                                                     else row["core_ml_synth"] < core_threshold_ml)
                 row["core_below_threshold_true_adc"] = row["core_ml_true_adc"] < core_threshold_ml
                 per_patient.append({"run": name, **row})
-            for modality, (std, err) in patient_uncertainty(gt, folder).items():
+            for modality, (std, err) in patient_uncertainty(gt, folder, window).items():
                 parts.setdefault((name, modality), []).append((pid, std, err))
     order = {name: i for i, name in enumerate(runs)}
     per_patient.sort(key=lambda r: (order[r["run"]], r["patient_id"], r["sample"]))
@@ -197,6 +205,12 @@ def clinical_notes(results: ClinicalResults) -> list[str]:
     if s.get("adc_converted"):
         notes.append("Ground-truth ADC converted to 10^-6 mm^2/s on reading (its brain median gave the unit): "
                      + ", ".join(f"{pid} (x {factor:g})" for pid, factor in sorted(s["adc_converted"].items())) + ".")
+    for a in results.agreement:
+        if a.get("n_not_measurable"):
+            notes.append(f"{a['run']}: core not measurable for {a['n_not_measurable']} patient(s) "
+                         f"({a['not_measurable'].replace(',', ', ')}): the ADC range the model could write for them "
+                         f"starts at or above {s['adc_threshold']:g} (its intensity window), so a core of 0 ml would "
+                         "say nothing; left out of this run's agreement (n counts the measurable ones).")
     notes.append("An ADC-threshold core is a proxy for the infarct core, and the lesion masks may come from other "
                  "(e.g. follow-up) imaging than the acute ADC; these numbers describe agreement with the ground-truth "
                  "ADC, they are not clinical validation. On the synthetic cohort they are not clinical evidence.")
@@ -210,8 +224,10 @@ def write_clinical(results: ClinicalResults, out: str | Path) -> list[Path]:
     write_csv(results.agreement, out / "clinical_agreement.csv")
     atomic_write_text(out / "clinical.md", clinical_markdown(results))
     first = first_sample_rows(results.per_patient)
-    points = {a["run"]: ([r["core_ml_synth"] for r in first if r["run"] == a["run"]],
-                         [r["core_ml_true_adc"] for r in first if r["run"] == a["run"]]) for a in results.agreement}
+    measurable = [r for r in first if r.get("core_measurable", True)]
+    points = {a["run"]: ([r["core_ml_synth"] for r in measurable if r["run"] == a["run"]],
+                         [r["core_ml_true_adc"] for r in measurable if r["run"] == a["run"]])
+              for a in results.agreement}
     ba = {a["run"]: {"n": a["n_patients"], "mean_diff": a["mean_diff_ml"], "loa_lower": a["loa_lower_ml"],
                      "loa_upper": a["loa_upper_ml"]} for a in results.agreement}
     bland_altman_png(points, ba, out / "bland_altman.png")

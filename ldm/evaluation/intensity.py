@@ -1,9 +1,9 @@
 """Mapping DWI / ADC volumes to [0, 1] for scoring, exactly as training normalises them.
 
-docs/data.md (the reference preprocessing): negatives are set to 0, then the volume is clipped to
-the patient's 0.5th and 99.5th percentiles *inside the brain mask* and scaled to [0, 1]; outside the
+docs/data.md: negatives are set to 0, then the volume is clipped to the (lo, hi) that the
+intensity window (ldm/data/intensity_window.py) gives the patient and scaled to [0, 1]; outside the
 mask the image is 0. The functions of ``ldm.data.normalization`` are used, so scoring and training
-cannot drift apart. For scoring, the window always comes from the ground truth and the same window
+cannot drift apart. For scoring, the range always comes from the ground truth and the same range
 is applied to the prediction, so that a prediction with a wrong intensity scale is penalised
 instead of being silently re-normalised to look right.
 """

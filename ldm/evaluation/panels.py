@@ -3,8 +3,10 @@
 One row per patient on one axial slice (the slice with the largest lesion area, or the largest
 brain area when the patient has no lesion). Columns: the CTP temporal maximum (a maximum-intensity
 projection over the 15 time points), ground-truth DWI, each run's DWI, ground-truth ADC, each run's
-ADC. DWI and ADC are shown in [0, 1] with the ground truth's window (as scored); the ground-truth
-lesion is outlined in red on every MRI image. Slices are shown as stored, rotated by 90 degrees
+ADC. DWI and ADC are shown in a display window that never clips the truth's lesion
+(:func:`display_range`: the lesion window's range, widened to the truth's extremes inside the
+lesion), the same for every column of a row, so a reader sees the lesion in the ground truth and
+whether each model has it; the ground-truth lesion is outlined in red on every MRI image. Slices are shown as stored, rotated by 90 degrees
 (array axes, not reoriented to a standard view). Rendering uses matplotlib's Agg canvas directly,
 so importing this module changes no global matplotlib state.
 """
@@ -17,7 +19,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ldm.evaluation.intensity import percentile_window, to_unit_range
+from ldm.data.intensity_window import IntensityWindow
+from ldm.evaluation.intensity import to_unit_range
 from ldm.evaluation.volumes import MODALITIES, GroundTruth, load_ground_truth, predicted_map, prediction_files
 from ldm.io import atomic_path
 
@@ -43,13 +46,24 @@ def _ctp_summary(ctp: np.ndarray | None, z: int, mask: np.ndarray) -> np.ndarray
     return out
 
 
+def display_range(gt: GroundTruth, modality: str) -> tuple[float, float]:
+    """A window for showing ``modality`` that holds the truth's lesion: the default lesion window's
+    range (ADC 0..2500, DWI 0..3 x brain median), widened to the lesion's min and max if needed."""
+    volume = getattr(gt, modality)
+    lo, hi = IntensityWindow().intensity_range(modality, volume, gt.mask)
+    lesion = volume[gt.lesion & gt.mask]
+    if lesion.size:
+        lo, hi = min(lo, float(lesion.min())), max(hi, float(lesion.max()))
+    return lo, hi if hi > lo else lo + 1.0
+
+
 def panel_row(gt: GroundTruth, runs: Mapping[str, str | Path], sample: int = 0) -> tuple[list[str], list, np.ndarray, int]:
     """Titles, images (None where absent), the lesion slice to outline and the slice index of one row."""
     z = panel_slice(gt)
     titles, images = ["CTP (temporal max)"], [_ctp_summary(gt.ctp, z, gt.mask)]
     for modality in MODALITIES:
-        window = percentile_window(getattr(gt, modality), gt.mask)
-        titles.append(f"{modality.upper()} ground truth")
+        window = display_range(gt, modality)
+        titles.append(f"{modality.upper()} ground truth ({window[0]:.0f}-{window[1]:.0f})")
         images.append(to_unit_range(getattr(gt, modality), window, gt.mask)[:, :, z])
         for name, pred_dir in runs.items():
             paths = prediction_files(Path(pred_dir) / gt.patient_id).get(sample, {})

@@ -5,8 +5,9 @@ import math
 
 import numpy as np
 
+from ldm.data.intensity_window import IntensityWindow
 from ldm.evaluation import metrics
-from ldm.evaluation.intensity import percentile_window, to_unit_range
+from ldm.evaluation.intensity import to_unit_range
 from ldm.evaluation.ms_ssim import ScaleSet
 from ldm.evaluation.volumes import EvaluationInputError, GroundTruth
 
@@ -20,14 +21,16 @@ def axial_stack(volume: np.ndarray, slices: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(volume[..., slices], -1, 0))
 
 
-def unit_range_pair(gt: GroundTruth, modality: str, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ground truth and prediction mapped to [0, 1] with the ground truth's window (see intensity.py)."""
+def unit_range_pair(gt: GroundTruth, modality: str, prediction: np.ndarray,
+                    window: IntensityWindow | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth and prediction mapped to [0, 1] with the ground truth's range under ``window``
+    (the training normalisation, see intensity.py; None: the default window)."""
     reference = getattr(gt, modality)
-    window = percentile_window(reference, gt.mask)
-    if not window[1] > window[0]:
+    lo, hi = IntensityWindow.from_config(window).intensity_range(modality, reference, gt.mask)
+    if not hi > lo:
         raise EvaluationInputError(f"patient {gt.patient_id}: ground truth {modality}.nii.gz is constant inside the "
-                                   f"brain mask (percentile window {window[0]:.4g}..{window[1]:.4g})")
-    return to_unit_range(reference, window, gt.mask), to_unit_range(prediction, window, gt.mask)
+                                   f"brain mask (window {lo:.4g}..{hi:.4g})")
+    return to_unit_range(reference, (lo, hi), gt.mask), to_unit_range(prediction, (lo, hi), gt.mask)
 
 
 def score_slices(x: np.ndarray, x_hat: np.ndarray, lesion: np.ndarray, brain: np.ndarray,

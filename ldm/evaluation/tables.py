@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from ldm.evaluation import lesion_contrast
 from ldm.evaluation.evaluator import Evaluation
 from ldm.evaluation.paired import PAIRED_METRICS, PairedResult
 from ldm.evaluation.volumes import MODALITIES
@@ -89,9 +90,9 @@ def table_notes(summary: Sequence[dict], evaluation: Evaluation) -> list[str]:
     rule = ("the reference's slice rule (DWI, ADC and CTP each with signal inside the brain mask)"
             if evaluation.slice_rule == "reference" else "every slice with brain (non-empty mask)")
     notes = [
-        "Images mapped to [0, 1] per patient with the ground truth's 0.5/99.5 percentile window inside "
-        "the brain mask (negatives to 0, zero outside the mask), the training normalisation; the same "
-        "window is applied to the prediction.",
+        f"Images mapped to [0, 1] per patient with the ground truth's range under the {evaluation.window.describe()} "
+        "intensity window (negatives to 0, zero outside the brain mask), the training normalisation; the same "
+        "range is applied to the prediction.",
         f"Metrics per axial slice on the slices kept by {rule}; means over all slices of all patients "
         f"(and samples). {evaluation.choices.describe()}. MS-SSIM on the whole slice. The CSV files hold "
         f"every variant (mae_brain, mae_slice, psnr_brain, psnr_slice, lesion_mae_pooled, lesion_mae_slice_mean).",
@@ -133,6 +134,51 @@ def table_notes(summary: Sequence[dict], evaluation: Evaluation) -> list[str]:
     if evaluation.fid_skip_reason:
         notes.append(f"FID skipped: {evaluation.fid_skip_reason}.")
     return notes
+
+
+def contrast_rows(evaluation: Evaluation) -> list[dict]:
+    """Per-patient lesion contrast of the ground truth, its windowed version and every run."""
+    rows = [row for rows in evaluation.truth_contrast.values() for row in rows]
+    for report in evaluation.runs:
+        rows += lesion_contrast.per_patient(report.contrast)
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return MISSING if value is None else f"{100 * value:.0f}%"
+
+
+def _num(value: float | None, decimals: int) -> str:
+    return MISSING if value is None else f"{value:.{decimals}f}"
+
+
+def contrast_markdown(evaluation: Evaluation) -> str:
+    """The lesion in physical units, one row per source: the ground truth, the ceilings, the runs."""
+    per_patient = contrast_rows(evaluation)
+    names = [*evaluation.truth_contrast, *(r.name for r in evaluation.runs)]
+    ceilings = {r.name for r in evaluation.runs if r.ceiling}
+    lines = ["| Source | DWI lesion / normal | DWI excess kept | ADC lesion mean | ADC lesion / normal | "
+             "Lesion ADC < 620 | Share kept | Core in lesion | Core (ml) |", "|" + "---|" * 9]
+    for name in names:
+        s = lesion_contrast.summarise([r for r in per_patient if r["run"] == name])
+        label = f"{name} (ceiling)" if name in ceilings else name
+        lines.append(f"| {label} | {_num(s['dwi_lesion_ratio'], 2)} | {_pct(s['median_dwi_excess_kept'])} | "
+                     f"{_num(s['adc_lesion_mean'], 0)} | {_num(s['adc_lesion_ratio'], 2)} | "
+                     f"{_pct(s['lesion_core_share'])} | {_pct(s['median_core_share_kept'])} | "
+                     f"{s['n_with_lesion_core']}/{s['n_lesion_patients']} | {_num(s['core_ml'], 1)} |")
+    n = sum(1 for r in evaluation.truth_contrast.get("ground truth", []) if r.get("lesion_voxels"))
+    notes = [
+        f"Physical units on the scored slices with lesion of the {n} lesion patient(s): means over patients (each "
+        "patient's mean over its samples); DWI and ADC lesion / normal = lesion mean over the mean of the brain "
+        "outside the lesion on the same slices; ADC in 10^-6 mm^2/s; lesion ADC < 620 = share of lesion voxels "
+        "below the RAPID core threshold; core in lesion = patients with any lesion voxel below it; core (ml) = "
+        "ADC < 620 in the whole brain, all patients.",
+        "DWI excess kept = median over patients of (ratio - 1) / (true ratio - 1); share kept = median of the "
+        "share below 620 over the truth's. Ceilings: the ground truth through the training window (clipped to "
+        f"the {evaluation.window.name} window's range) is what every model is trained to reproduce; a first-stage "
+        "reconstruction D(E(x)) is what a latent model can at best write.",
+    ]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
 def _fmt(value: float, metric: str) -> str:

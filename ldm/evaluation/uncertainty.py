@@ -5,8 +5,8 @@
 absolute error of the mean map against the ground truth is compared with the std map: the
 Spearman correlation of the two (an uncertainty that tracks the error ranks voxels alike), and
 the mean absolute error in each decile of std (equal-count bins by rank, so ties do not empty a
-bin). Both maps are divided by the width (hi - lo) of the ground truth's 0.5/99.5 percentile
-window, the window of the Table 1 metrics, so that DWI (arbitrary scanner units) pools across
+bin). Both maps are divided by the width (hi - lo) of the ground truth's range under the
+intensity window of the Table 1 metrics, so that DWI (arbitrary scanner units) pools across
 patients; per patient that scaling changes nothing, since Spearman and deciles use ranks.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from ldm.evaluation.intensity import percentile_window
+from ldm.data.intensity_window import IntensityWindow
 from ldm.evaluation.volumes import (
     MODALITIES,
     EvaluationInputError,
@@ -76,7 +76,8 @@ def _row(run: str, modality: str, patient: str, std: np.ndarray, err: np.ndarray
     return row
 
 
-def patient_uncertainty(gt: GroundTruth, folder: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def patient_uncertainty(gt: GroundTruth, folder: str | Path,
+                        window: IntensityWindow | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{modality: (std, abs_error)}`` over the brain voxels, in window units, for every modality
     with a std map in ``folder`` ({} when there is none).
 
@@ -96,7 +97,7 @@ def patient_uncertainty(gt: GroundTruth, folder: str | Path) -> dict[str, tuple[
         if std.min() < 0:
             raise EvaluationInputError(f"patient {gt.patient_id}: {std_path.name} holds negative values")
         truth = getattr(gt, modality)
-        lo, hi = percentile_window(truth, gt.mask)
+        lo, hi = IntensityWindow.from_config(window).intensity_range(modality, truth, gt.mask)
         width = hi - lo if hi > lo else 1.0  # a constant ground truth: leave the units as they are
         err = np.abs(load_prediction(mean_path, gt)[gt.mask].astype(np.float64) - truth[gt.mask]) / width
         out[modality] = (std / width, err)

@@ -89,9 +89,10 @@ def model_timepoints(config: DictConfig, default: int = 15) -> int:
 def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference: str | Path | None = None,
                       workers: int = 1, n_timepoints: int = 15,
                       patients: Sequence[str] | None = None, spacing: Sequence[float] | None = None,
-                      slice_rule: str = "reference", skip_bad: bool = False) -> Iterator[Path]:
+                      slice_rule: str = "reference", skip_bad: bool = False, window=None) -> Iterator[Path]:
     """Yield a preprocessed split for ``data``: itself, or a temporary preprocessing of a raw cohort
-    (only of ``patients`` when given) at ``spacing`` (None: the patients' own grids). A patient that
+    (only of ``patients`` when given) at ``spacing`` (None: the patients' own grids) under the
+    intensity ``window`` (an IntensityWindow; None: the default). A patient that
     preprocessing rejects is an error naming it, unless ``skip_bad`` (then it is reported and left
     out). The temporary folder is removed on every exit (the caller turns SIGTERM into SystemExit)."""
     from ldm.data.record import INDEX_FILE
@@ -128,7 +129,8 @@ def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference:
             summary = preprocess_cohort(str(source), Path(tmp) / "preprocessed", size=tuple(size), workers=workers,
                                         skip_bad=True,
                                         reference_dir=None if reference is None else str(reference),
-                                        n_timepoints=n_timepoints, spacing=spacing, slice_rule=slice_rule)
+                                        n_timepoints=n_timepoints, spacing=spacing, slice_rule=slice_rule,
+                                        window=window)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"--data {str(data)!r}: {e}") from e
         print(summary)

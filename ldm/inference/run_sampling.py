@@ -193,7 +193,7 @@ def _sample_run(opt: argparse.Namespace, overrides: list[str], held: contextlib.
                            contract.n_timepoints if contract else model_timepoints(config), opt.patients,
                            spacing=contract.spacing if contract else None,
                            slice_rule=contract.slice_rule if contract else "reference",
-                           skip_bad=opt.skip_bad) as data_root:
+                           skip_bad=opt.skip_bad, window=contract.window if contract else None) as data_root:
         try:
             records = load_index(data_root)
             if contract is not None and not raw:

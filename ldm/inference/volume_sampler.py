@@ -72,22 +72,24 @@ def load_patient_slices(data_root: str | Path, patient_id: str, record: PatientR
     return PatientSlices(patient_id, indices, torch.stack([item["ctp"] for item in items]), record)
 
 
-def write_sample(outdir: str | Path, patient: PatientSlices, k: int, images: np.ndarray,
+def write_sample(outdir: str | Path, record: PatientRecord, k: int, images: np.ndarray,
                  reference: CohortReference | None = None) -> list[Path]:
-    """Put one sample's (S, 2, H, W) stack back into source space and write DWI and ADC atomically.
+    """Put one sample's (S, 2, H, W) stack of ``record``'s patient back into source space and
+    write DWI and ADC atomically, each with the range it could take as cal_min/cal_max.
 
     ``reference`` (a CohortReference) gives the intensity scale of a CTP-only patient.
     """
-    from ldm.data.volume import slices_to_volume, volume_to_nifti
+    from ldm.data.volume import output_range, slices_to_volume, volume_to_nifti
 
     paths = []
     for modality, channel in MODALITY_CHANNELS.items():
         try:
-            volume = slices_to_volume(images[:, channel], patient.record, modality, reference=reference)
+            volume = slices_to_volume(images[:, channel], record, modality, reference=reference)
+            intensity = output_range(record, modality, reference)
         except ValueError as e:  # e.g. a CTP-only patient and no cohort reference
             raise ConfigError(str(e)) from e
-        path = sample_path(outdir, patient.patient_id, modality, k)
-        atomic_save_nifti(volume_to_nifti(volume, patient.record, modality), path)
+        path = sample_path(outdir, record.patient_id, modality, k)
+        atomic_save_nifti(volume_to_nifti(volume, record, modality, intensity_range=intensity), path)
         paths.append(path)
     return paths
 
@@ -162,7 +164,7 @@ def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, 
                 s.images[j] = image
                 s.left -= 1
                 if s.left == 0:
-                    write_sample(outdir, s.patient, k, s.images, reference)
+                    write_sample(outdir, s.patient.record, k, s.images, reference)
                     del pending[(s.patient.patient_id, k)]
                     samples_left[s.patient.patient_id] -= 1
                     if samples_left[s.patient.patient_id] == 0:

@@ -155,6 +155,15 @@ class VQModel(pl.LightningModule):
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.to(memory_format=fmt).float()
 
+    def _lesion(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        """The batch's lesion mask when the loss weights the lesion (lossconfig lesion_weight > 0)."""
+        if getattr(self.loss, "lesion_weight", 0) == 0:
+            return None
+        if "lesion" not in batch:
+            raise KeyError(f"lossconfig lesion_weight > 0 needs the batch's lesion mask, but the batch has no key "
+                           f"'lesion' (keys: {', '.join(map(str, batch.keys()))})")
+        return batch["lesion"].float()
+
     # -- training ----------------------------------------------------------------------------
     @property
     def generator_step(self) -> int:
@@ -177,7 +186,8 @@ class VQModel(pl.LightningModule):
 
         self.toggle_optimizer(opt_ae)  # discriminator weights get no gradient from the generator loss
         xrec, qloss, ind = self(x, return_pred_indices=True)
-        aeloss, log_ae = self.loss(qloss, x, xrec, 0, step, last_layer=self.get_last_layer(), split="train")
+        aeloss, log_ae = self.loss(qloss, x, xrec, 0, step, last_layer=self.get_last_layer(), split="train",
+                                   lesion=self._lesion(batch))
         self.manual_backward(aeloss / n_accumulate)
         if update:
             opt_ae.step()
@@ -213,7 +223,8 @@ class VQModel(pl.LightningModule):
         log = {}
         if hasattr(self.loss, "discriminator"):
             step = self._generator_steps
-            _, log_ae = self.loss(qloss, x, xrec, 0, step, last_layer=self.get_last_layer(), split="val")
+            _, log_ae = self.loss(qloss, x, xrec, 0, step, last_layer=self.get_last_layer(), split="val",
+                                  lesion=self._lesion(batch))
             _, log_disc = self.loss(qloss, x, xrec, 1, step, split="val")
             log.update(log_ae)
             log.update(log_disc)

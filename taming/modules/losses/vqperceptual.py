@@ -1,7 +1,7 @@
 """The VQGAN objective (Esser et al. 2021), CompVis ``VQLPIPSWithDiscriminator``.
 
 Autoencoder (``optimizer_idx=0``):
-    L = mean(w_pix * |x - x_rec| [+ w_p * LPIPS(x, x_rec)]) + lambda * f_disc * L_G + w_cb * L_VQ
+    L = mean(w_pix * (1 + w_les * M) * |x - x_rec| [+ w_p * LPIPS(x, x_rec)]) + lambda * f_disc * L_G + w_cb * L_VQ
 with the hinge generator loss L_G = -mean(D(x_rec)), f_disc = 0 before ``disc_start``, and the
 adaptive weight lambda = disc_weight * ||grad_last L_rec|| / (||grad_last L_G|| + 1e-4) computed on
 the decoder's last layer (clamped to [0, 1e4]).
@@ -11,6 +11,11 @@ Differences from CompVis: ``pixelloss_weight`` is applied (CompVis stores and ig
 default 1.0 gives the same result); ``pixel_loss: l2`` is offered; before ``disc_start`` the
 discriminator is not run at all in the autoencoder step (CompVis runs it and multiplies by 0);
 ``rec_loss`` in the logs is the pixel term alone, without the perceptual term.
+
+Beyond the paper: ``lesion_weight`` (w_les) weights the pixel term by 1 + w_les inside the lesion
+mask M (the batch's ``lesion``), so that a small lesion is not averaged away by the rest of the
+image; 0 (the default) is the reference's loss. ``rec_loss`` stays the unweighted mean, so runs
+with and without it compare.
 """
 from __future__ import annotations
 
@@ -53,7 +58,7 @@ class VQLPIPSWithDiscriminator(nn.Module):
                  disc_weight: float = 1.0, perceptual_weight: float = 1.0, use_actnorm: bool = False,
                  disc_conditional: bool = False, disc_ndf: int = 64, disc_loss: str = "hinge",
                  pixel_loss: str = "l1", vgg16_weights: str | None = None,
-                 lpips_weights: str | None = None) -> None:
+                 lpips_weights: str | None = None, lesion_weight: float = 0.0) -> None:
         super().__init__()
         if disc_loss not in ("hinge", "vanilla"):
             raise ConfigError(f"lossconfig disc_loss {disc_loss!r} is not 'hinge' or 'vanilla'")
@@ -61,6 +66,9 @@ class VQLPIPSWithDiscriminator(nn.Module):
             raise ConfigError(f"lossconfig pixel_loss {pixel_loss!r} is not 'l1' or 'l2'")
         if disc_conditional:
             raise ConfigError("lossconfig disc_conditional: a conditional discriminator is not supported")
+        if not lesion_weight >= 0:
+            raise ConfigError(f"lossconfig lesion_weight must be >= 0, got {lesion_weight}")
+        self.lesion_weight = float(lesion_weight)
         self.codebook_weight = float(codebook_weight)
         self.pixel_weight = float(pixelloss_weight)
         self.perceptual_weight = float(perceptual_weight)
@@ -87,13 +95,16 @@ class VQLPIPSWithDiscriminator(nn.Module):
     def forward(self, codebook_loss: torch.Tensor, inputs: torch.Tensor, reconstructions: torch.Tensor,
                 optimizer_idx: int, global_step: int, last_layer: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None, split: str = "train",
-                predicted_indices: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                predicted_indices: torch.Tensor | None = None,
+                lesion: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``lesion`` (B, 1, H, W) in {0, 1}: needed when ``lesion_weight`` > 0."""
         if inputs.shape != reconstructions.shape:
             raise ValueError(f"VQ loss: inputs {tuple(inputs.shape)} and reconstructions "
                              f"{tuple(reconstructions.shape)} differ in shape")
         disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
         if optimizer_idx == 0:
-            return self._autoencoder_loss(codebook_loss, inputs, reconstructions, disc_factor, last_layer, split)
+            return self._autoencoder_loss(codebook_loss, inputs, reconstructions, disc_factor, last_layer, split,
+                                          lesion)
         if optimizer_idx == 1:
             logits_real = self.discriminator(inputs.contiguous().detach())
             logits_fake = self.discriminator(reconstructions.contiguous().detach())
@@ -104,9 +115,21 @@ class VQLPIPSWithDiscriminator(nn.Module):
             return d_loss, log
         raise ValueError(f"optimizer_idx must be 0 (autoencoder) or 1 (discriminator), got {optimizer_idx}")
 
-    def _autoencoder_loss(self, codebook_loss, inputs, reconstructions, disc_factor, last_layer, split):
+    def pixel_weights(self, lesion: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | float:
+        """1 + lesion_weight x the lesion mask (broadcast over channels), or 1 without lesion weighting."""
+        if self.lesion_weight == 0:
+            return 1.0
+        if lesion is None:
+            raise ValueError("lossconfig lesion_weight > 0 needs the lesion mask in the batch (key 'lesion', "
+                             "which ldm.data.ctpdwi.MRISlices yields)")
+        if lesion.dim() != 4 or lesion.shape[1] != 1 or lesion.shape[-2:] != like.shape[-2:]:
+            raise ValueError(f"lesion mask must be (B, 1, H, W) like the images {tuple(like.shape)}, "
+                             f"got {tuple(lesion.shape)}")
+        return 1.0 + self.lesion_weight * lesion.to(like.dtype)
+
+    def _autoencoder_loss(self, codebook_loss, inputs, reconstructions, disc_factor, last_layer, split, lesion=None):
         pixel = self.pixel_error(inputs, reconstructions)
-        nll = self.pixel_weight * pixel
+        nll = self.pixel_weight * self.pixel_weights(lesion, pixel) * pixel
         if self.perceptual_weight > 0:
             p_loss = self.perceptual_loss(inputs.contiguous(), reconstructions.contiguous())
             nll = nll + self.perceptual_weight * p_loss
