@@ -109,6 +109,15 @@ class CtpSummary:
         return cls(ctp.mean(axis=-1, dtype=np.float32), ctp.max(axis=-1) > ctp.min(axis=-1))
 
 
+def has_signal(ctp: np.ndarray) -> np.ndarray:
+    """(X, Y, Z): whether a voxel of the CTP (X, Y, Z, T) is non-zero in any frame (frame by frame:
+    no 4-D temporary for a clinical series)."""
+    out = np.zeros(np.shape(ctp)[:3], dtype=bool)
+    for t in range(np.shape(ctp)[3]):
+        out |= np.asarray(ctp[..., t]) != 0
+    return out
+
+
 def csf_and_tissue(ctp: CtpSummary, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """CSF and brain tissue told by the CTP, on the MRI's grid: brain voxels whose curve changes over
     time with a temporal mean in ``CSF_HU`` (CSF) or ``TISSUE_HU`` (white and grey matter; vessels are

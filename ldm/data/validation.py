@@ -299,7 +299,7 @@ def check_maps(volumes: PatientVolumes, files: dict[str, str] | None = None) -> 
 
     if ctp is not None:
         if region is not None:
-            nonempty = on_grid(np.any(ctp != 0, axis=-1), mask=True)
+            nonempty = on_grid(plausibility.has_signal(ctp), mask=True)
             first = on_grid(ctp[..., 0])
             correction, baseline = plausibility.check_ctp_baseline(who, volumes.ctp_file, first[region & nonempty])
             ctp = plausibility.apply(ctp, correction)
