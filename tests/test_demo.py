@@ -27,22 +27,22 @@ def _demo(out: Path, **extra: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_demo_pipeline_runs_every_stage_and_writes_source_space_volumes(tmp_path):
     out = tmp_path / "demo"
-    proc = _demo(out, DEMO_SAMPLER="dpmsolver++")  # the default (DDIM) is what every sampling test runs
+    proc = _demo(out, DEMO_PT_TARGETS="reconstruction input")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for k in range(1, 9):
-        assert f"==> [{k}/8]" in proc.stdout
+    for k in range(1, 11):
+        assert f"==> [{k}/10]" in proc.stdout
     assert "Demo finished" in proc.stdout
 
     # one trained run per stage, each with its checkpoint and merged config
     runs = {p.name.split("_", 1)[1]: p for p in (out / "logs").iterdir()}
-    assert set(runs) == {"vqgan", "cldm", "cldm_pt", "cldm_continued"}
+    assert set(runs) == {"vqgan", "cldm", "cldm_pt", "cldm_pt_input", "cldm_continued"}
     for run in runs.values():
         assert (run / "checkpoints/last.ckpt").is_file() and list((run / "configs").glob("*.yaml"))
     # post-training and its control started from the stage-2 training weights (init_weights raw, as the
     # reference) and trained them; the control with both image-space weights 0
     ldm = torch.load(runs["cldm"] / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     codebook = "first_stage_model.quantize.embedding.weight"
-    for name in ("cldm_pt", "cldm_continued"):
+    for name in ("cldm_pt", "cldm_pt_input", "cldm_continued"):
         pt = torch.load(runs[name] / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
         start, trained = ldm["model.diffusion_model.out.2.weight"], pt["model.diffusion_model.out.2.weight"]
         assert trained.shape == start.shape and not torch.equal(trained, start)
@@ -50,11 +50,12 @@ def test_demo_pipeline_runs_every_stage_and_writes_source_space_volumes(tmp_path
         assert torch.equal(pt[codebook], ldm[codebook])  # the first stage stays frozen
     control_config = next((runs["cldm_continued"] / "configs").glob("*project.yaml")).read_text()
     assert "lambda_image: 0" in control_config and "lambda_lesion: 0" in control_config
+    assert "image_target: input" in next((runs["cldm_pt_input"] / "configs").glob("*project.yaml")).read_text()
 
     # the test patient's synthesised volumes lie in its source geometry, zero outside the brain
     (patient,) = [p for p in (out / "raw/test").iterdir() if p.is_dir()]
     dwi_src, mask = nib.load(patient / "dwi.nii.gz"), nib.load(patient / "mask.nii.gz").get_fdata() > 0
-    for model in ("cldm", "cldm_continued", "cldm_pt"):
+    for model in ("cldm", "cldm_continued", "cldm_pt", "cldm_pt_input", "vqgan"):
         for modality in ("dwi", "adc"):
             img = nib.load(out / "samples" / model / patient.name / f"{modality}_sample_0.nii.gz")
             assert img.shape == dwi_src.shape
@@ -70,7 +71,10 @@ def test_demo_pipeline_runs_every_stage_and_writes_source_space_volumes(tmp_path
 
     table = (out / "evaluation/table1.md").read_text()
     assert "| cLDM |" in table and "| cLDM (continued) |" in table and "| cLDM-PT |" in table
-    assert "#### cLDM-PT vs cLDM (continued)" in table and "Failed slices" in table
+    assert "| cLDM-PT (input target) |" in table and "| VQGAN reconstruction (ceiling) |" in table
+    assert "| ground truth (training window) |" in table and "### Lesion contrast in physical units" in table
+    assert "#### cLDM-PT vs cLDM (continued)" in table and "#### cLDM-PT (input target) vs cLDM (continued)" in table
+    assert "Failed slices" in table
     assert (out / "evaluation/clinical.md").is_file() and "Clinical read-out" in proc.stdout
     assert list((out / "evaluation/panels").glob("*.png"))
     assert table.splitlines()[0] in proc.stdout  # the comparison is printed
