@@ -13,7 +13,8 @@
 # Knobs (environment): DEMO_OUT (folder, default demo_output), DEMO_SCALE (multiplies the training
 # steps of every stage), DEMO_N_TRAIN / DEMO_N_VAL / DEMO_N_TEST (patients), DEMO_SLICES (axial
 # slices per patient), DEMO_WINDOW (intensity window: lesion, or reference_percentile, the
-# reference's), DEMO_PT_TARGETS (the post-training image targets: "reconstruction input", or one of
+# reference's), DEMO_LESION_WEIGHT (the VQGAN's lesion-weighted L1, 20; 0 is the reference's loss),
+# DEMO_PT_TARGETS (the post-training image targets: "reconstruction input", or one of
 # them), DEMO_SAMPLER (dpmsolver++ or ddim, the paper's), DEMO_SAMPLE_STEPS (the sampler's steps;
 # the paper uses 200 DDIM steps), DEMO_ACCELERATOR (auto, cpu or gpu), DEMO_SEED (seed of every
 # training run and of sampling), DEMO_COHORT_SEED (the synthetic cohort).
@@ -28,6 +29,7 @@ N_VAL=${DEMO_N_VAL:-3}
 N_TEST=${DEMO_N_TEST:-10}          # stratified lesion volumes: 4 test patients with >= 2 ml of lesion
 SLICES=${DEMO_SLICES:-32}          # the whole brain
 WINDOW=${DEMO_WINDOW:-lesion}
+LESION_WEIGHT=${DEMO_LESION_WEIGHT:-20}
 PT_TARGETS=${DEMO_PT_TARGETS:-"reconstruction input"}
 SAMPLER=${DEMO_SAMPLER:-dpmsolver++}   # 20 steps: within 2% of DDIM-200's lesion MAE (README, Samplers)
 SAMPLE_STEPS=${DEMO_SAMPLE_STEPS:-20}
@@ -91,6 +93,7 @@ done_stage
 stage "stage 1: VQGAN ($(steps "$VQGAN_STEPS") steps)"
 # shellcheck disable=SC2046  # train_overrides is a word list on purpose
 "$PYTHON" main.py --base configs/demo/vqgan.yaml -t -l "$OUT/logs" -n vqgan -s "$SEED" "${DATA_OVERRIDES[@]}" \
+    "model.params.lossconfig.params.lesion_weight=$LESION_WEIGHT" \
     $(train_overrides "$(steps "$VQGAN_STEPS")")
 VQGAN_CKPT="$(latest_run vqgan)/checkpoints/last.ckpt"
 done_stage
