@@ -133,6 +133,8 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
 
     model = instantiate_from_config(config.model)
     data = instantiate_from_config(config.data)
+    if hasattr(data, "dataset_configs"):  # build the datasets now: a bad data config fails before the run folder exists
+        data.setup("fit")
 
     # Lightning refuses accumulate_grad_batches with manual optimisation: the model does it itself.
     accumulate = int(trainer_kwargs.get("accumulate_grad_batches", 1) or 1)

@@ -249,3 +249,28 @@ def test_ddp_two_cpu_processes_share_one_run_directory(tmp_path):
     assert "8.00e-04 = 1 (accumulate_grad_batches) * 2 (devices x nodes)" in proc.stdout + proc.stderr
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3
+
+
+@pytest.mark.parametrize("window, expected", [
+    ("reference_percentile", "window: the config asks for reference_percentile"),
+    ("{name: lesion, adc_range: [700, 2500]}", "cannot hold the core threshold 620"),
+    ("{name: lesion, dwi_headroom2: 3}", "window key 'dwi_headroom2' does not exist"),
+])
+def test_a_data_window_that_is_not_the_splits_exits_2_before_any_run_folder(window, expected, tmp_path, capsys):
+    from ldm.data.preprocessing import preprocess_cohort
+    from ldm.data.synthetic import generate_patient, write_patient
+
+    write_patient(generate_patient([4, 0], size=(32, 32), n_slices=3), tmp_path / "raw" / "P0")
+    preprocess_cohort(tmp_path / "raw", tmp_path / "npy", size=(32, 32), progress=False)  # the lesion window
+    logs = tmp_path / "logs"
+    config = _write(tmp_path, "model:\n  target: tests.helpers.toy_model.ToyRegressor\n"
+                              "data:\n  target: ldm.data.datamodule.DataModuleFromConfig\n"
+                              "  params: {batch_size: 2, num_workers: 0, train: {target: ldm.data.ctpdwi.MRISlices, "
+                              f"params: {{data_root: {tmp_path / 'npy'}, window: {window}}}}}}}\n")
+    try:
+        code = launcher.main(["-t", "-l", str(logs), "--base", config])
+    finally:
+        os.environ.pop(launcher._RUN_TIMESTAMP_ENV, None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expected in err[0], err
+    assert not logs.exists(), "nothing half-written: no run folder"
