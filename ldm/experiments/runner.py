@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ldm.folder_lock import LOCK_FILE
 from ldm.io import atomic_write_json
 from ldm.util import ConfigError
 
@@ -80,7 +81,8 @@ class Stage:
 
     ``record`` is the JSON file that says it finished with ``settings`` (a callable when its place is
     known only once it ran, as main.py's timestamped run directories; None: finished when its
-    ``outputs`` exist, and run every time without outputs). Exactly one of ``command`` (run as a subprocess, with ``env`` added to the
+    ``outputs`` exist, and run every time without outputs). ``outputs`` may be a callable for the
+    same reason. Exactly one of ``command`` (run as a subprocess, with ``env`` added to the
     environment) and ``action`` (called; the mapping it returns is recorded beside the settings).
     ``info`` is recorded too but not compared (where a run went, the accelerator it used).
     ``verb`` and ``describe`` word a refusal: "<record> was <verb> with <describe(old)>, now ...".
@@ -92,7 +94,7 @@ class Stage:
     command: Sequence[str] | None = None
     action: Callable[[], Mapping[str, Any] | None] | None = None
     env: Mapping[str, str] | None = None
-    outputs: Sequence[Path] = ()
+    outputs: Sequence[Path] | Callable[[], Sequence[Path]] = ()
     info: Mapping[str, Any] = field(default_factory=dict)
     verb: str = "made"
     describe: Callable[[Mapping[str, Any]], str] | None = None
@@ -104,6 +106,9 @@ class Stage:
 
     def record_path(self) -> Path | None:
         return self.record() if callable(self.record) else self.record
+
+    def output_paths(self) -> list[Path]:
+        return [Path(p) for p in (self.outputs() if callable(self.outputs) else self.outputs)]
 
 
 class Runner:
@@ -131,7 +136,8 @@ class Runner:
             return None
         path = stage.record_path()
         if path is None:
-            if stage.record is None and stage.outputs and all(Path(p).exists() for p in stage.outputs):
+            outputs = stage.output_paths()
+            if stage.record is None and outputs and all(p.exists() for p in outputs):
                 return {}
             return None
         if not path.is_file():
@@ -145,7 +151,7 @@ class Runner:
             describe = stage.describe or (lambda s: _describe_keys(s, differ))
             raise ExperimentError(f"{path} was {stage.verb} with {describe(old)}, now {describe(_plain(stage.settings))}: "
                                   f"{stage.advice}")
-        missing = next((p for p in stage.outputs if not Path(p).exists()), None)
+        missing = next((p for p in stage.output_paths() if not p.exists()), None)
         if missing is not None:
             raise ExperimentError(f"{missing} is missing, yet {path} says that {stage.name} finished: "
                                   f"remove {path} to run the stage again")
@@ -155,7 +161,7 @@ class Runner:
         """Run ``stage`` unless it finished before; return its record ({} in a dry run)."""
         done = self.finished(stage)
         if done is not None:
-            where = stage.record_path() or ", ".join(str(p) for p in stage.outputs)
+            where = stage.record_path() or ", ".join(str(p) for p in stage.output_paths())
             self.say(f"{stage.name} finished before ({where}): skipped")
             return done
         if self.dry_run:
@@ -177,7 +183,7 @@ class Runner:
             result = stage.action() or {}
         seconds = time.time() - start
         self.seconds[stage.name] = seconds
-        missing = next((p for p in stage.outputs if not Path(p).exists()), None)
+        missing = next((p for p in stage.output_paths() if not p.exists()), None)
         if missing is not None:
             raise ExperimentError(f"{stage.name} finished but did not write {missing}")
         path = stage.record_path()
@@ -218,7 +224,8 @@ def check_folder(folder: str | Path, kind: str, settings: Mapping[str, Any], ado
                                   f"{_describe_keys(_plain(dict(settings)), differ)}: its runs would mix with these; "
                                   f"choose another folder")
         return True
-    if folder.is_dir() and any(folder.iterdir()) and not adopt_unmarked:
+    # the output-folder lock (ldm/folder_lock.py) of the run that is claiming it does not count
+    if folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir()) and not adopt_unmarked:
         raise ExperimentError(f"{folder} holds files but no {EXPERIMENT_FILE}: it is not a {kind} folder; "
                               f"choose another folder")
     return False
