@@ -166,3 +166,74 @@ def test_a_missing_evaluation_file_is_named():
         from ldm.experiments.study_report import SeedScores
 
         SeedScores.read(Path("/nonexistent/evaluation"))
+
+
+def _write_volumes(folder: Path, dwi_lesion: float, adc_lesion: float, prediction: bool) -> None:
+    """A patient of evaluate.py's layout: brain DWI 100 / ADC 800, its lesion as given."""
+    from tests.helpers.evaluation_files import SHAPE, save
+
+    brain = np.zeros(SHAPE, dtype=bool)
+    brain[3:21, 4:24, 0:4] = True
+    lesion = np.zeros(SHAPE, dtype=bool)
+    if folder.name != "P003":  # P003 has no lesion
+        lesion[6:10, 6:10, 1:3] = True
+    dwi, adc = np.where(brain, 100.0, 0.0), np.where(brain, 800.0, 0.0)
+    dwi[lesion], adc[lesion] = dwi_lesion, adc_lesion
+    suffix = "_sample_0" if prediction else ""
+    save(dwi, folder / f"dwi{suffix}.nii.gz")
+    save(adc, folder / f"adc{suffix}.nii.gz")
+    if not prediction:
+        save(brain, folder / "mask.nii.gz")
+        save(lesion, folder / "lesion.nii.gz")
+
+
+def test_the_report_reads_evaluate_pys_own_files(tmp_path, capsys):
+    """Two seeds scored by evaluate.py with the study's options: the report's pooled difference is
+    the mean of the per-patient differences in metrics_per_patient.csv, the lesion rows its own."""
+    from ldm.experiments.study_report import write_report
+
+    evaluate_script = load_script("evaluate")
+    gt = tmp_path / "gt"
+    for pid in ("P001", "P002", "P003"):
+        _write_volumes(gt / pid, 170.0, 500.0, prediction=False)
+    # the lesion each model writes (DWI, ADC): cLDM-PT nearer the truth than the control
+    lesions = {"cldm": (110.0, 750.0), "cldm_continued": (120.0, 720.0), "cldm_pt": (150.0, 600.0),
+               "cldm_pt_input": (121.0, 715.0), "vqgan": (165.0, 520.0)}
+    labels = {"cldm": "cLDM", "cldm_continued": "cLDM (continued)", "cldm_pt": "cLDM-PT",
+              "cldm_pt_input": "cLDM-PT (input target)"}
+    evaluations = {}
+    for seed in (0, 1):
+        for name, (dwi, adc) in lesions.items():
+            for k, pid in enumerate(("P001", "P002", "P003")):
+                _write_volumes(tmp_path / f"seed_{seed}" / name / pid, dwi + 3 * seed + k, adc - 5 * seed, prediction=True)
+        out = tmp_path / f"seed_{seed}" / "evaluation"
+        argv = ["--pred", *[f"{label}={tmp_path / f'seed_{seed}' / name}" for name, label in labels.items()],
+                "--reconstruction", str(tmp_path / f"seed_{seed}" / "vqgan"), "--gt", str(gt), "--out", str(out),
+                "--n_panels", "0", "--clinical", "--slices", "brain", "--bootstrap", "200"]
+        assert evaluate_script.main(argv) == 0
+        evaluations[seed] = out
+    capsys.readouterr()
+    settings = study.StudySettings(seeds=2, out=tmp_path / "study")
+    write_report(settings, evaluations, study.power_plan(2), {"train": 60.0}, n_boot=500)
+    rows = read_csv(tmp_path / "study" / "study.csv")
+    expected = []
+    for out in evaluations.values():
+        per_patient = {(r["run"], r["patient_id"]): r for r in read_csv(out / "metrics_per_patient.csv")
+                       if r["modality"] == "dwi"}
+        for pid in ("P001", "P002"):
+            expected.append(float(per_patient[("cLDM-PT", pid)]["lesion_mae"])
+                            - float(per_patient[("cLDM (continued)", pid)]["lesion_mae"]))
+        assert per_patient[("cLDM-PT", "P003")]["lesion_mae"] == ""  # no lesion: left out
+    pooled = {(r["model"], r["modality"], r["metric"]): r for r in rows if r["table"] == "pooled_difference"}
+    dwi = pooled[("cLDM-PT", "dwi", "lesion_mae")]
+    assert float(dwi["value"]) == pytest.approx(np.mean(expected), rel=1e-4) and float(dwi["value"]) < 0
+    assert (dwi["n_patients"], dwi["n_seeds"]) == ("2", "2")
+    ratio = pooled[("cLDM-PT", "", "dwi_lesion_ratio")]
+    assert float(ratio["truth"]) == pytest.approx(1.7) and float(ratio["value"]) == pytest.approx(0.3, abs=0.02)
+    lesion = {(r["model"], r["seed"], r["metric"]): float(r["value"]) for r in rows
+              if r["table"] == "per_seed_lesion" and r["value"]}
+    assert lesion[("ground truth", "all", "adc_lesion_mean")] == pytest.approx(500.0)
+    assert lesion[("VQGAN reconstruction", "0", "lesion_core_share")] == pytest.approx(1.0)  # 520 < 620
+    assert lesion[("cLDM (continued)", "1", "lesion_core_share")] == 0.0
+    md = (tmp_path / "study" / "study.md").read_text()
+    assert "| VQGAN reconstruction (ceiling) | 1 |" in md and "train 1.0" in md

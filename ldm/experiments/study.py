@@ -347,7 +347,7 @@ def run_study(settings: StudySettings, dry_run: bool = False) -> Path | None:
     steps = settings.steps
     runner.say(f"{settings.seeds} seeds x (VQGAN {steps['vqgan']}, cLDM {steps['ldm']}, 3 x stage 3 {steps['pt']} steps); "
                f"{settings.n_test} test patients, {settings.sampler} {settings.sample_steps} steps; planned CPU time "
-               f"{minutes['total']:.0f} min on the project's 2 cores (training {minutes['training']:.0f}, sampling "
+               f"{minutes['total']:.1f} min on the project's 2 cores (training {minutes['training']:.0f}, sampling "
                f"{minutes['sampling']:.0f}, evaluation {minutes['evaluation']:.0f})")
     if dry_run:
         return _run_stages(settings, runner)

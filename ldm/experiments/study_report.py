@@ -92,6 +92,15 @@ class SeedScores:
         return {r["patient_id"]: r for r in self.contrast if r["run"] == run}
 
 
+def truth_contrast(scores: Mapping[int, SeedScores], run: str = GROUND_TRUTH) -> dict[str, dict]:
+    """The ground truth's lesion per patient: the same in every seed, but a seed's evaluation holds
+    only the patients that every run of it could be scored on, so the seeds are merged."""
+    merged: dict[str, dict] = {}
+    for s in scores.values():
+        merged.update(s.contrast_of(run))
+    return dict(sorted(merged.items()))
+
+
 def _values(scores: Mapping[int, SeedScores], run_a: str, run_b: str, value) -> tuple[list, list, list, list]:
     """(patients, seeds, A, B) over the (patient, seed) pairs where both runs have a value."""
     patients, seeds, a, b = [], [], [], []
@@ -114,8 +123,7 @@ def _closer(patients: Sequence[str], a: Sequence[float], b: Sequence[float], tru
 def compare(scores: Mapping[int, SeedScores], n_boot: int = 10_000) -> list[Comparison]:
     """Every pooled difference cLDM-PT minus control, for each target."""
     control = CONTROL[1]
-    first = next(iter(scores.values()))
-    truth_contrast = first.contrast_of(GROUND_TRUTH)
+    truth_rows = truth_contrast(scores)
     out = []
     for _, target, _ in TARGETS.values():
         for modality in MAPS:
@@ -142,7 +150,7 @@ def compare(scores: Mapping[int, SeedScores], n_boot: int = 10_000) -> list[Comp
             pairs = _values(scores, control, target, physical)
             if not pairs[0]:
                 continue
-            truth = {pid: r[metric] for pid, r in truth_contrast.items() if r.get(metric) is not None}
+            truth = {pid: r[metric] for pid, r in truth_rows.items() if r.get(metric) is not None}
             values = [truth[p] for p in dict.fromkeys(pairs[0]) if p in truth]
             result = pooled_difference(*pairs, n_boot=n_boot)
             out.append(Comparison(target, metric, "", header, decimals, result, pairs,
@@ -187,13 +195,12 @@ def table1_rows(scores: Mapping[int, SeedScores]) -> list[dict]:
 def contrast_rows(scores: Mapping[int, SeedScores]) -> list[dict]:
     """Per-seed rows of the lesion in physical units; the ground truth (the same in every seed) once."""
     runs = [CLDM[1], CONTROL[1], *(label for _, label, _ in TARGETS.values()), RECONSTRUCTION_NAME]
-    first_seed, first = next(iter(scores.items()))
     rows = []
-    for run, seeds in [(GROUND_TRUTH, {first_seed: first}), (GROUND_TRUTH_WINDOWED, {first_seed: first}),
-                       *((run, scores) for run in runs)]:
-        for seed, s in seeds.items():
-            summary = lesion_contrast.summarise(list(s.contrast_of(run).values()))
-            rows.append({"model": run, "seed": "all" if run in (GROUND_TRUTH, GROUND_TRUTH_WINDOWED) else seed,
+    for run, per_seed in [*((truth, {"all": truth_contrast(scores, truth)}) for truth in (GROUND_TRUTH, GROUND_TRUTH_WINDOWED)),
+                          *((run, {seed: s.contrast_of(run) for seed, s in scores.items()}) for run in runs)]:
+        for seed, patients in per_seed.items():
+            summary = lesion_contrast.summarise(list(patients.values()))
+            rows.append({"model": run, "seed": seed,
                          **{metric: summary.get(metric) for metric, _, _ in PHYSICAL},
                          "n_with_lesion_core": summary["n_with_lesion_core"],
                          "n_lesion_patients": summary["n_lesion_patients"]})
@@ -236,12 +243,20 @@ def _differences_markdown(comparisons: Sequence[Comparison], target: str) -> str
                   else f"{r.n_patients_b_better}/{r.n_patients}")
         lines.append(f"| {c.header} | {_f(r.mean_a, c.decimals)} | {_f(r.mean_b, c.decimals)} | "
                      f"{_f(c.truth, c.decimals)} | {_ci(c)} | {per_seed} | {better} | "
-                     f"{r.n_patients} × {r.n_seeds} |")
+                     f"{_n(r)} |")
     return "\n".join(lines)
+
+
+def _n(r: PooledDifference) -> str:
+    """patients × seeds, and the pairs when evaluate.py left some (patient, seed) out."""
+    full = r.n_patients * r.n_seeds
+    return f"{r.n_patients} × {r.n_seeds}" + (f" ({r.n_pairs} pairs)" if r.n_pairs != full else "")
 
 
 def _verdict(c: Comparison) -> str:
     r = c.result
+    if r.n_patients < 2:
+        return "too few patients for an interval"
     if r.ci_low <= 0 <= r.ci_high:
         return "no difference shown (the interval holds 0)"
     better = (r.difference < 0) == r.lower_is_better
@@ -256,8 +271,8 @@ def power_rows(comparisons: Sequence[Comparison]) -> list[dict]:
             continue
         r = c.result
         relative = None if r.mde is None or not r.mean_a else r.mde / r.mean_a
-        rows.append({"target": c.target, "modality": c.modality, "control": r.mean_a, "n_patients": r.n_patients,
-                     "n_seeds": r.n_seeds, "sd_patient_difference": r.sd_patient_difference, "mde": r.mde,
+        rows.append({"target": c.target, "modality": c.modality, "control": r.mean_a, "n": _n(r),
+                     "sd_patient_difference": r.sd_patient_difference, "mde": r.mde,
                      "mde_relative": relative, "meets_target": relative is not None and relative <= TARGET_RELATIVE_MDE})
     return rows
 
@@ -278,8 +293,8 @@ def _power_markdown(plan: Mapping, rows: Sequence[dict]) -> str:
         "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rel = MISSING if r["mde_relative"] is None else f"{r['mde_relative']:.1%}"
-        lines.append(f"| {r['target']} | {r['modality'].upper()} | {_f(r['control'], 3)} | {r['n_patients']} × "
-                     f"{r['n_seeds']} | {_f(r['sd_patient_difference'], 4)} | {_f(r['mde'], 4)} | {rel} | "
+        lines.append(f"| {r['target']} | {r['modality'].upper()} | {_f(r['control'], 3)} | {r['n']} | "
+                     f"{_f(r['sd_patient_difference'], 4)} | {_f(r['mde'], 4)} | {rel} | "
                      f"{'yes' if r['meets_target'] else 'no'} |")
     return "\n".join(lines)
 
@@ -321,7 +336,7 @@ def write_report(settings: StudySettings, evaluations: Mapping[int, Path], plan:
     power = power_rows(comparisons)
     out = Path(settings.out)
     steps = settings.steps
-    n_lesion = next((r["n_lesion_patients"] for r in contrast if r["model"] == GROUND_TRUTH), 0)
+    n_lesion = sum(1 for r in truth_contrast(scores).values() if r.get("lesion_voxels"))
     outcome = []
     for c in comparisons:
         if c.metric == "lesion_mae":
@@ -332,7 +347,8 @@ def write_report(settings: StudySettings, evaluations: Mapping[int, Path], plan:
         "# Study: cLDM-PT against its control",
         "",
         f"{settings.seeds} training seeds ({', '.join(str(s) for s in scores)}) on one synthetic cohort "
-        f"({settings.n_train} / {settings.n_val} / {settings.n_test} patients, {n_lesion} test patients with lesion, "
+        f"({settings.n_train} / {settings.n_val} / {settings.n_test} patients, {n_lesion} test patients with lesion in the "
+        f"scored slices, "
         f"64 × 64, {settings.slices} slices, cohort seed {settings.cohort_seed}). Per seed: VQGAN {steps['vqgan']} "
         f"steps, cLDM {steps['ldm']}, then from that cLDM's checkpoint with the same {steps['pt']} steps, data, "
         f"augmentation and seed: the control {CONTROL[1]} (λ_image = λ_lesion = 0) and cLDM-PT with each image "
