@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -353,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SweepError("sampling and scoring need --data (what to sample) and --gt (the raw cohort); "
                              "or use --train-only")
         if opt.base is None:
-            opt.base = [os.path.relpath(ROOT / DEFAULT_CONFIG)]
+            opt.base = [script(DEFAULT_CONFIG)]
         for path in opt.base:
             if not Path(path).is_file():
                 raise SweepError(f"config file {path!r} does not exist")

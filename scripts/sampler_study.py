@@ -84,7 +84,8 @@ def sample_setting(opt: argparse.Namespace, overrides: list[str], name: str, ste
                 "overrides": overrides}
     return Runner("[study]").run(Stage(f"{label(name, steps)}: sampling", out / TIMING_FILE, settings,
                                        action=sample_and_time, verb="sampled and timed",
-                                       advice="remove the folder to sample and time it again, or give another --outdir"))
+                                       advice="remove the folder to sample and time it again, or give another "
+                                              "--outdir"))
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,7 +16,8 @@ def _touch_command(path, code=0):
 def test_a_finished_stage_is_skipped_and_other_settings_are_refused(tmp_path, capsys):
     out, record = tmp_path / "result.txt", tmp_path / "records" / "stage.json"
     runner = Runner("[test]")
-    stage = Stage("make result", record, {"steps": 20, "paths": (tmp_path,)}, command=_touch_command(out), outputs=[out])
+    stage = Stage("make result", record, {"steps": 20, "paths": (tmp_path,)}, command=_touch_command(out),
+                  outputs=[out])
     done = runner.run(stage)
     assert out.is_file() and done["steps"] == 20 and done["paths"] == [str(tmp_path)]
     assert json.loads(record.read_text())["command"][0] == sys.executable and "seconds" in done
@@ -50,7 +51,8 @@ def test_a_missing_output_and_a_failing_command_are_one_line(tmp_path):
 def test_actions_callable_records_and_output_only_stages(tmp_path, capsys):
     calls = []
     runner = Runner("[test]")
-    timed = Stage("time it", tmp_path / "timing.json", {"seed": 1}, action=lambda: calls.append(1) or {"seconds_per_slice": 0.5})
+    timed = Stage("time it", tmp_path / "timing.json", {"seed": 1},
+                  action=lambda: calls.append(1) or {"seconds_per_slice": 0.5})
     assert runner.run(timed)["seconds_per_slice"] == 0.5 and runner.run(timed)["seconds_per_slice"] == 0.5
     assert calls == [1]
     # a record whose place is known once the stage ran (main.py's timestamped run directories)

@@ -205,7 +205,8 @@ def test_the_report_reads_evaluate_pys_own_files(tmp_path, capsys):
     for seed in (0, 1):
         for name, (dwi, adc) in lesions.items():
             for k, pid in enumerate(("P001", "P002", "P003")):
-                _write_volumes(tmp_path / f"seed_{seed}" / name / pid, dwi + 3 * seed + k, adc - 5 * seed, prediction=True)
+                _write_volumes(tmp_path / f"seed_{seed}" / name / pid, dwi + 3 * seed + k, adc - 5 * seed,
+                               prediction=True)
         out = tmp_path / f"seed_{seed}" / "evaluation"
         argv = ["--pred", *[f"{label}={tmp_path / f'seed_{seed}' / name}" for name, label in labels.items()],
                 "--reconstruction", str(tmp_path / f"seed_{seed}" / "vqgan"), "--gt", str(gt), "--out", str(out),

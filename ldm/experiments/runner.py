@@ -102,7 +102,8 @@ class Stage:
 
     def __post_init__(self) -> None:
         if (self.command is None) == (self.action is None):
-            raise ValueError(f"stage {self.name!r}: give a command or an action, not {'both' if self.command else 'neither'}")
+            which = "both" if self.command else "neither"
+            raise ValueError(f"stage {self.name!r}: give a command or an action, not {which}")
 
     def record_path(self) -> Path | None:
         return self.record() if callable(self.record) else self.record
@@ -149,8 +150,8 @@ class Runner:
         differ = _differing(old, stage.settings)
         if differ:
             describe = stage.describe or (lambda s: _describe_keys(s, differ))
-            raise ExperimentError(f"{path} was {stage.verb} with {describe(old)}, now {describe(_plain(stage.settings))}: "
-                                  f"{stage.advice}")
+            now = describe(_plain(stage.settings))
+            raise ExperimentError(f"{path} was {stage.verb} with {describe(old)}, now {now}: {stage.advice}")
         missing = next((p for p in stage.output_paths() if not p.exists()), None)
         if missing is not None:
             raise ExperimentError(f"{missing} is missing, yet {path} says that {stage.name} finished: "
@@ -220,8 +221,9 @@ def check_folder(folder: str | Path, kind: str, settings: Mapping[str, Any], ado
                                   f"choose another folder")
         differ = _differing(old.get("settings", {}), settings)
         if differ:
-            raise ExperimentError(f"{marker} holds a {kind} with {_describe_keys(old.get('settings', {}), differ)}, now "
-                                  f"{_describe_keys(_plain(dict(settings)), differ)}: its runs would mix with these; "
+            before = _describe_keys(old.get("settings", {}), differ)
+            now = _describe_keys(_plain(dict(settings)), differ)
+            raise ExperimentError(f"{marker} holds a {kind} with {before}, now {now}: its runs would mix with these; "
                                   f"choose another folder")
         return True
     # the output-folder lock (ldm/folder_lock.py) of the run that is claiming it does not count

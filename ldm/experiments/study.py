@@ -146,7 +146,8 @@ def settings_from_env(env: Mapping[str, str], python: str = sys.executable) -> S
         try:
             value = kind(text)
         except ValueError:
-            raise ExperimentError(f"{knob}={text!r}: expected {'a whole number' if kind is int else 'a number'}") from None
+            expected = "a whole number" if kind is int else "a number"
+            raise ExperimentError(f"{knob}={text!r}: expected {expected}") from None
         # the scale excludes 0 (no training); the other ranges include their ends
         if not math.isfinite(value) or value > high or (value <= low if kind is float else value < low):
             span = f"above {low:g} and at most {high:g}" if kind is float else f"from {low} to {high}"
@@ -256,7 +257,8 @@ class Study:
         npy = self.layout.npy
         stage_overrides = [f"data.params.train.params.data_root={npy / 'train'}",
                            f"data.params.validation.params.data_root={npy / 'val'}",
-                           f"data.params.train.params.window={WINDOW}", f"data.params.validation.params.window={WINDOW}",
+                           f"data.params.train.params.window={WINDOW}",
+                           f"data.params.validation.params.window={WINDOW}",
                            *overrides, f"lightning.trainer.max_steps={steps}",
                            # validate 4 times per run, counted in training batches across epochs
                            f"lightning.trainer.val_check_interval={max(1, steps // 4)}",
@@ -280,15 +282,16 @@ class Study:
         return find_run_dir(logdir, name) or logdir / f"<timestamp>_{name}"
 
     def _sample_outputs(self, folder: Path) -> list[Path]:
-        return [folder / pid / f"{m}_sample_0.nii.gz" for pid in cohort_test_patients(self.layout) for m in ("dwi", "adc")]
+        patients = cohort_test_patients(self.layout)
+        return [folder / pid / f"{m}_sample_0.nii.gz" for pid in patients for m in ("dwi", "adc")]
 
     def reconstruct(self, seed: int, vqgan_run: Path) -> Path:
-        out = self.layout.samples(seed, RECONSTRUCTION)
+        out, data = self.layout.samples(seed, RECONSTRUCTION), self.layout.npy / "test"
         self.runner.run(Stage(
             f"seed {seed}: VQGAN reconstruction of the test patients (the ceiling)",
-            self.layout.seed(seed) / "records" / "reconstruct_vqgan.json", {"run_dir": vqgan_run, "data": self.layout.npy / "test"},
-            command=[self.py, script("scripts/reconstruct_VQGAN.py"), "-r", vqgan_run, "--data", self.layout.npy / "test",
-                     "--outdir", out, *self._device()],
+            self.layout.seed(seed) / "records" / "reconstruct_vqgan.json", {"run_dir": vqgan_run, "data": data},
+            command=[self.py, script("scripts/reconstruct_VQGAN.py"), "-r", vqgan_run, "--data", data, "--outdir", out,
+                     *self._device()],
             outputs=self._sample_outputs(out)))
         return out
 
@@ -330,7 +333,8 @@ class Study:
         runs = {CLDM[1]: (CLDM[0], cldm)}
         # only the image-space terms differ between the control and cLDM-PT: checkpoint, steps, seed are shared
         for name, label, overrides in (CONTROL, *TARGETS.values()):
-            run = self.train(seed, name, PT_CONFIG, steps["pt"], (f"model.params.ckpt_path={cldm / CHECKPOINT}", *overrides))
+            start = f"model.params.ckpt_path={cldm / CHECKPOINT}"
+            run = self.train(seed, name, PT_CONFIG, steps["pt"], (start, *overrides))
             runs[label] = (name, run)
         predictions = {label: self.sample(seed, name, run) for label, (name, run) in runs.items()}
         return self.evaluate(seed, predictions, reconstruction)
@@ -345,10 +349,10 @@ def run_study(settings: StudySettings, dry_run: bool = False) -> Path | None:
     runner = Runner("[study]", dry_run=dry_run)
     minutes = estimate_minutes(settings)
     steps = settings.steps
-    runner.say(f"{settings.seeds} seeds x (VQGAN {steps['vqgan']}, cLDM {steps['ldm']}, 3 x stage 3 {steps['pt']} steps); "
-               f"{settings.n_test} test patients, {settings.sampler} {settings.sample_steps} steps; planned CPU time "
-               f"{minutes['total']:.1f} min on the project's 2 cores (training {minutes['training']:.0f}, sampling "
-               f"{minutes['sampling']:.0f}, evaluation {minutes['evaluation']:.0f})")
+    runner.say(f"{settings.seeds} seeds x (VQGAN {steps['vqgan']}, cLDM {steps['ldm']}, 3 x stage 3 {steps['pt']} "
+               f"steps); {settings.n_test} test patients, {settings.sampler} {settings.sample_steps} steps; planned "
+               f"CPU time {minutes['total']:.1f} min on the project's 2 cores (training {minutes['training']:.0f}, "
+               f"sampling {minutes['sampling']:.0f}, evaluation {minutes['evaluation']:.0f})")
     if dry_run:
         return _run_stages(settings, runner)
     try:

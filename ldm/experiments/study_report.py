@@ -83,7 +83,8 @@ class SeedScores:
     @classmethod
     def read(cls, folder: Path) -> SeedScores:
         summary = {(r["run"], r["modality"]): r for r in read_rows(folder / "metrics_summary.csv")}
-        patients = {(r["run"], r["modality"], r["patient_id"]): r for r in read_rows(folder / "metrics_per_patient.csv")}
+        patients = {(r["run"], r["modality"], r["patient_id"]): r
+                    for r in read_rows(folder / "metrics_per_patient.csv")}
         clinical = {(r["run"], r["patient_id"]): r for r in read_rows(folder / "clinical_per_patient.csv")
                     if r.get("sample", "0") == "0"}
         return cls(summary, patients, _contrast_per_patient(folder), clinical)
@@ -161,7 +162,9 @@ def compare(scores: Mapping[int, SeedScores], n_boot: int = 10_000) -> list[Comp
         def core_error(s, a, b):
             for (run, pid), row in s.clinical.items():
                 other = s.clinical.get((b, pid))
-                if run == a and other is not None and row.get("core_measurable") == other.get("core_measurable") == "True":
+                # a core that the model's window could not show is not measurable (evaluate.py's clinical read-out)
+                measurable = other is not None and row.get("core_measurable") == other.get("core_measurable") == "True"
+                if run == a and measurable:
                     yield pid, _number(row.get(metric)), _number(other.get(metric))
 
         pairs = _values(scores, control, target, core_error)
@@ -196,8 +199,9 @@ def contrast_rows(scores: Mapping[int, SeedScores]) -> list[dict]:
     """Per-seed rows of the lesion in physical units; the ground truth (the same in every seed) once."""
     runs = [CLDM[1], CONTROL[1], *(label for _, label, _ in TARGETS.values()), RECONSTRUCTION_NAME]
     rows = []
-    for run, per_seed in [*((truth, {"all": truth_contrast(scores, truth)}) for truth in (GROUND_TRUTH, GROUND_TRUTH_WINDOWED)),
-                          *((run, {seed: s.contrast_of(run) for seed, s in scores.items()}) for run in runs)]:
+    sources = [(truth, {"all": truth_contrast(scores, truth)}) for truth in (GROUND_TRUTH, GROUND_TRUTH_WINDOWED)]
+    sources += [(run, {seed: s.contrast_of(run) for seed, s in scores.items()}) for run in runs]
+    for run, per_seed in sources:
         for seed, patients in per_seed.items():
             summary = lesion_contrast.summarise(list(patients.values()))
             rows.append({"model": run, "seed": seed,
@@ -273,7 +277,8 @@ def power_rows(comparisons: Sequence[Comparison]) -> list[dict]:
         relative = None if r.mde is None or not r.mean_a else r.mde / r.mean_a
         rows.append({"target": c.target, "modality": c.modality, "control": r.mean_a, "n": _n(r),
                      "sd_patient_difference": r.sd_patient_difference, "mde": r.mde,
-                     "mde_relative": relative, "meets_target": relative is not None and relative <= TARGET_RELATIVE_MDE})
+                     "mde_relative": relative,
+                     "meets_target": relative is not None and relative <= TARGET_RELATIVE_MDE})
     return rows
 
 
@@ -347,8 +352,8 @@ def write_report(settings: StudySettings, evaluations: Mapping[int, Path], plan:
         "# Study: cLDM-PT against its control",
         "",
         f"{settings.seeds} training seeds ({', '.join(str(s) for s in scores)}) on one synthetic cohort "
-        f"({settings.n_train} / {settings.n_val} / {settings.n_test} patients, {n_lesion} test patients with lesion in the "
-        f"scored slices, "
+        f"({settings.n_train} / {settings.n_val} / {settings.n_test} patients, {n_lesion} test patients with lesion "
+        f"in the scored slices, "
         f"64 × 64, {settings.slices} slices, cohort seed {settings.cohort_seed}). Per seed: VQGAN {steps['vqgan']} "
         f"steps, cLDM {steps['ldm']}, then from that cLDM's checkpoint with the same {steps['pt']} steps, data, "
         f"augmentation and seed: the control {CONTROL[1]} (λ_image = λ_lesion = 0) and cLDM-PT with each image "

@@ -106,7 +106,10 @@ def main(args: list[str]) -> int:
         patients = sorted(p.name for p in Path(_option(args, "--input_dir")).iterdir() if p.is_dir())
         (out / "index.json").write_text(json.dumps({"patients": patients}))
     elif program == "main.py":
-        run = Path(_option(args, "-r")) if "-r" in args else Path(_option(args, "-l")) / f"{TIMESTAMP}_{_option(args, '-n')}"
+        if "-r" in args:  # resumed: the run directory it names
+            run = Path(_option(args, "-r"))
+        else:
+            run = Path(_option(args, "-l")) / f"{TIMESTAMP}_{_option(args, '-n')}"
         (run / "checkpoints").mkdir(parents=True, exist_ok=True)
         (run / "checkpoints" / "last.ckpt").write_text("weights")
     elif program in ("sample_LDM.py", "reconstruct_VQGAN.py"):
