@@ -123,7 +123,6 @@ class Runner:
         self.prefix = prefix
         self.dry_run = dry_run
         self.rerun = rerun
-        self.seconds: dict[str, float] = {}
 
     def say(self, text: str) -> None:
         print(f"{self.prefix} {text}", flush=True)
@@ -183,7 +182,6 @@ class Runner:
             self.say(f"{stage.name}")
             result = stage.action() or {}
         seconds = time.time() - start
-        self.seconds[stage.name] = seconds
         missing = next((p for p in stage.output_paths() if not p.exists()), None)
         if missing is not None:
             raise ExperimentError(f"{stage.name} finished but did not write {missing}")
