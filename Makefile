@@ -1,10 +1,10 @@
-# `make test` and `make demo` create (or reuse) .venv, install requirements.txt, and run.
+# `make test`, `make demo` and `make study` create (or reuse) .venv, install requirements.txt, and run.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: test demo venv clean-demo
+.PHONY: test demo study venv clean-demo
 
 venv: $(STAMP)
 
@@ -18,6 +18,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	PYTHON=$(PY) bash scripts/demo.sh
+
+# knobs: STUDY_SEEDS, STUDY_SCALE, STUDY_OUT, STUDY_ACCELERATOR, ... (scripts/study.py)
+study: $(STAMP)
+	$(PY) scripts/study.py
 
 clean-demo:
 	rm -rf demo_output

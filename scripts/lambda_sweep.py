@@ -29,12 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
-import shlex
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +40,11 @@ if str(ROOT) not in sys.path:
 
 from ldm.config import split_overrides  # noqa: E402
 from ldm.data.record import MODALITIES  # noqa: E402
-from ldm.io import atomic_write_json, atomic_write_text  # noqa: E402
+from ldm.experiments.runner import (EXIT_USER_ERROR, ExperimentError, Runner, Stage, claim_folder,  # noqa: E402
+                                    find_run_dir, script)
+from ldm.io import atomic_write_text  # noqa: E402
 from ldm.samplers import SAMPLERS  # noqa: E402
 
-EXIT_USER_ERROR = 2
 DEFAULT_CONFIG = "configs/latent-diffusion/ldm_lapt.yaml"
 # Table 2 of the paper: lambda_image -> the lambda_lesion values tested with it.
 TABLE2_GRID: dict[float, tuple[float, ...]] = {
@@ -67,8 +63,9 @@ TRAIN_DONE = "sweep_train_done.json"
 SAMPLE_DONE = "sweep_sample_done.json"
 
 
-class SweepError(Exception):
-    """A mistake on the command line or a step that failed (one line, exit code 2)."""
+class SweepError(ExperimentError):
+    """A mistake on the command line (one line, exit code 2; a stage that failed is the runner's
+    ExperimentError)."""
 
 
 @dataclass
@@ -115,20 +112,6 @@ def parse_grid(text: str | None) -> list[tuple[float, float]]:
     return pairs
 
 
-def find_run_dir(logdir: Path, name: str) -> Path | None:
-    """The newest ``<logdir>/<timestamp>_<name>`` run directory, if any."""
-    if not logdir.is_dir():
-        return None
-    candidates = sorted(p for p in logdir.iterdir() if p.is_dir() and p.name.endswith(f"_{name}"))
-    return candidates[-1] if candidates else None
-
-
-def script(name: str) -> str:
-    """A script of this repository, as a path from the working directory (where the runs start, so
-    that relative data roots in configs mean what they mean for main.py)."""
-    return os.path.relpath(ROOT / name)
-
-
 def train_command(opt: argparse.Namespace, run: SweepRun, resume_dir: Path | None) -> list[str]:
     if resume_dir is not None:
         # a resumed run reloads its own configs (with the lambdas it was started with)
@@ -166,19 +149,6 @@ def plan_runs(opt: argparse.Namespace) -> list[SweepRun]:
     return runs
 
 
-def _show(cmd: Sequence[str]) -> str:
-    return " ".join(shlex.quote(c) for c in cmd)
-
-
-def _execute(cmd: Sequence[str], what: str) -> None:
-    print(f"[sweep] {what}: {_show(cmd)}", flush=True)
-    start = time.time()
-    result = subprocess.run(list(cmd))
-    if result.returncode != 0:
-        raise SweepError(f"{what} failed with exit code {result.returncode}: {_show(cmd)}")
-    print(f"[sweep] {what} took {time.time() - start:.0f} s", flush=True)
-
-
 def sample_dir(opt: argparse.Namespace, run: SweepRun) -> Path:
     return Path(opt.outdir) / "samples" / run.name
 
@@ -187,61 +157,44 @@ def eval_dir(opt: argparse.Namespace, run: SweepRun) -> Path:
     return Path(opt.outdir) / "eval" / run.name
 
 
-def train(opt: argparse.Namespace, run: SweepRun, dry_run: bool) -> None:
+def train(opt: argparse.Namespace, run: SweepRun, runner: Runner) -> None:
     if run.baseline:
         return
-    existing = None if opt.rerun else find_run_dir(Path(opt.logdir), run.name)
-    if existing is not None and (existing / TRAIN_DONE).is_file():
-        run.run_dir = existing
-        print(f"[sweep] {run.name}: training finished before ({existing}): skipped")
-        return
+    existing = None if opt.rerun else find_run_dir(opt.logdir, run.name)
     resume = existing if existing is not None and (existing / "checkpoints" / "last.ckpt").is_file() else None
-    cmd = train_command(opt, run, resume)
-    if dry_run:
-        print(_show(cmd))
-        run.run_dir = Path(opt.logdir) / f"<timestamp>_{run.name}"
-        return
-    _execute(cmd, f"{run.name}: training" + (" (resumed)" if resume else ""))
-    run.run_dir = find_run_dir(Path(opt.logdir), run.name)
+
+    def record() -> Path | None:  # main.py puts a timestamp in front of the name: known once it ran
+        found = find_run_dir(opt.logdir, run.name)
+        return None if found is None else found / TRAIN_DONE
+
+    # the weights are in the run's name: a record in it stands for them
+    runner.run(Stage(f"{run.name}: training" + (" (resumed)" if resume else ""), record,
+                     command=train_command(opt, run, resume), verb="trained",
+                     info={"lambda_image": run.lambda_image, "lambda_lesion": run.lambda_lesion}))
+    run.run_dir = find_run_dir(opt.logdir, run.name)
     if run.run_dir is None:
-        raise SweepError(f"{run.name}: main.py finished but no run directory *_{run.name} is in {opt.logdir}")
-    atomic_write_json(run.run_dir / TRAIN_DONE, {"lambda_image": run.lambda_image,
-                                                 "lambda_lesion": run.lambda_lesion, "command": cmd})
+        if not runner.dry_run:
+            raise SweepError(f"{run.name}: main.py finished but no run directory *_{run.name} is in {opt.logdir}")
+        run.run_dir = Path(opt.logdir) / f"<timestamp>_{run.name}"
 
 
-def sample(opt: argparse.Namespace, run: SweepRun, dry_run: bool) -> None:
+def sample(opt: argparse.Namespace, run: SweepRun, runner: Runner) -> None:
     out = sample_dir(opt, run)
-    if not opt.rerun and (out / SAMPLE_DONE).is_file():
-        done = json.loads((out / SAMPLE_DONE).read_text())
-        before = (done.get("sampler", "ddim"), done.get("steps"))
-        if before != (opt.sampler, opt.steps):
-            raise SweepError(f"{out} was sampled with {before[0]} {before[1]} steps, now {opt.sampler} {opt.steps}: "
-                             f"give another --outdir (scores of the two would mix in one table)")
-        print(f"[sweep] {run.name}: sampling finished before ({out}): skipped")
-        return
-    cmd = sample_command(opt, run.run_dir, out)
-    if dry_run:
-        print(_show(cmd))
-        return
-    _execute(cmd, f"{run.name}: sampling")
-    atomic_write_json(out / SAMPLE_DONE, {"run_dir": str(run.run_dir), "sampler": opt.sampler, "steps": opt.steps,
-                                          "command": cmd})
+    runner.run(Stage(f"{run.name}: sampling", out / SAMPLE_DONE, {"sampler": opt.sampler, "steps": opt.steps},
+                     command=sample_command(opt, run.run_dir, out), verb="sampled", info={"run_dir": run.run_dir},
+                     describe=lambda s: f"{s.get('sampler')} {s.get('steps')} steps",
+                     advice="give another --outdir (scores of the two would mix in one table)"))
 
 
-def evaluate(opt: argparse.Namespace, run: SweepRun, dry_run: bool) -> None:
+def evaluate(opt: argparse.Namespace, run: SweepRun, runner: Runner) -> None:
     out = eval_dir(opt, run)
-    if not opt.rerun and (out / "metrics_summary.csv").is_file():
-        print(f"[sweep] {run.name}: scoring finished before ({out}): skipped")
-        return
-    cmd = evaluate_command(opt, run, sample_dir(opt, run), out)
-    if dry_run:
-        print(_show(cmd))
-        return
-    _execute(cmd, f"{run.name}: scoring")
+    runner.run(Stage(f"{run.name}: scoring", None, command=evaluate_command(opt, run, sample_dir(opt, run), out),
+                     outputs=[out / "metrics_summary.csv"]))
 
 
-def compare_with_control(opt: argparse.Namespace, runs: Sequence[SweepRun], dry_run: bool) -> Path | None:
-    """Score the control and every other run together, with paired statistics against the control."""
+def compare_with_control(opt: argparse.Namespace, runs: Sequence[SweepRun], runner: Runner) -> Path | None:
+    """Score the control and every other run together, with paired statistics against the control
+    (every time: runs may have been added since)."""
     control = next((r for r in runs if r.control), None)
     others = [r for r in runs if not r.control]
     if control is None or not others:
@@ -250,10 +203,7 @@ def compare_with_control(opt: argparse.Namespace, runs: Sequence[SweepRun], dry_
     cmd = [opt.python, script("scripts/evaluate.py"), "--pred",
            *[f"{r.name}={sample_dir(opt, r)}" for r in [control, *others]], "--gt", str(opt.gt), "--out", str(out),
            "--n_panels", "0", "--pairs", *[f"{control.name}:{r.name}" for r in others]]
-    if dry_run:
-        print(_show(cmd))
-        return out
-    _execute(cmd, "paired comparison with the control")
+    runner.run(Stage("paired comparison with the control", None, command=cmd))
     return out
 
 
@@ -402,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SweepError("sampling and scoring need --data (what to sample) and --gt (the raw cohort); "
                              "or use --train-only")
         if opt.base is None:
-            opt.base = [os.path.relpath(ROOT / DEFAULT_CONFIG)]
+            opt.base = [script(DEFAULT_CONFIG)]
         for path in opt.base:
             if not Path(path).is_file():
                 raise SweepError(f"config file {path!r} does not exist")
@@ -411,22 +361,25 @@ def main(argv: list[str] | None = None) -> int:
         opt.data = opt.data or "<DATA>"
         opt.gt = opt.gt or "<GT>"
         runs = plan_runs(opt)
+        if not opt.dry_run:  # sweeps written before folders were marked are taken as sweeps
+            claim_folder(opt.outdir, "lambda sweep", {}, adopt_unmarked=True)
+        runner = Runner("[sweep]", dry_run=opt.dry_run, rerun=opt.rerun)
         print(f"[sweep] {len(runs)} run(s): " + ", ".join(r.name for r in runs), flush=True)
         for run in runs:
-            train(opt, run, opt.dry_run)
+            train(opt, run, runner)
             if opt.train_only:
                 continue
-            sample(opt, run, opt.dry_run)
-            evaluate(opt, run, opt.dry_run)
+            sample(opt, run, runner)
+            evaluate(opt, run, runner)
         if not opt.train_only:
-            compare_with_control(opt, runs, opt.dry_run)
+            compare_with_control(opt, runs, runner)
         if opt.dry_run or opt.train_only:
             return 0
         md_path, csv_path = write_tables(opt, runs)
         print(md_path.read_text())
         print(f"[sweep] wrote {md_path} and {csv_path}")
         return 0
-    except SweepError as e:
+    except ExperimentError as e:
         print(f"lambda_sweep.py: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
 

@@ -14,13 +14,14 @@ paired differences against the first setting come with 95% bootstrap intervals (
 ``paired_differences.csv``). Written to ``<outdir>``: ``sampler_study.csv`` (one row per setting and
 map), ``sampler_study.md`` (the table), ``sampler_study.png`` (metrics against seconds per slice),
 ``paired_vs_reference.csv``. Settings sampled before are not sampled again (their timing is kept in
-``<outdir>/samples/<setting>/timing.json``); time nothing while another heavy job runs.
+``<outdir>/samples/<setting>/timing.json``, with the settings it was sampled with: a setting
+sampled with another seed, batch size or precision is refused rather than mixed in); time nothing
+while another heavy job runs.
 """
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
 
@@ -30,11 +31,11 @@ if str(ROOT) not in sys.path:
 
 from ldm.config import split_overrides  # noqa: E402
 from ldm.data.record import MODALITIES  # noqa: E402
-from ldm.io import atomic_write_json, atomic_write_text  # noqa: E402
+from ldm.experiments.runner import EXIT_USER_ERROR, Runner, Stage, claim_folder  # noqa: E402
+from ldm.io import atomic_write_text  # noqa: E402
 from ldm.samplers import SAMPLERS  # noqa: E402
 from ldm.util import ConfigError  # noqa: E402
 
-EXIT_USER_ERROR = 2
 DEFAULT_SETTINGS = ("ddim:200", "ddim:100", "ddim:50", "ddim:20", "dpmsolver++:50", "dpmsolver++:20",
                     "dpmsolver++:10")
 TIMING_FILE = "timing.json"
@@ -56,10 +57,9 @@ def label(name: str, steps: int) -> str:
 
 
 def sample_setting(opt: argparse.Namespace, overrides: list[str], name: str, steps: int, out: Path) -> dict:
-    """Sample one setting (or reuse it) and return its timing."""
+    """Sample one setting (or reuse it: its timing record holds the same settings) and return its timing."""
     from ldm.inference.run_sampling import sample_run
 
-    sample_parser = _sample_parser()
     args = ["-r", opt.resume, "--data", opt.data, "--outdir", str(out), "--sampler", name, "--steps", str(steps),
             "--seed", str(opt.seed), "--batch_size", str(opt.batch_size), "--precision", opt.precision]
     if opt.device:
@@ -70,16 +70,22 @@ def sample_setting(opt: argparse.Namespace, overrides: list[str], name: str, ste
         args += ["--reference", opt.reference]
     if opt.no_progress:
         args.append("--no_progress")
-    timing_path = out / TIMING_FILE
-    report = sample_run(sample_parser.parse_args(args), overrides)
-    if report.n_slices:
-        timing = {"sampler": name, "steps": steps, "slices": report.n_slices, "seconds": report.seconds,
-                  "seconds_per_slice": report.seconds / report.n_slices, "batch_size": opt.batch_size}
-        atomic_write_json(timing_path, timing)
-        return timing
-    if not timing_path.is_file():
-        raise ConfigError(f"{str(out)!r} holds samples but no {TIMING_FILE}: remove the folder to time it again")
-    return json.loads(timing_path.read_text())
+
+    def sample_and_time() -> dict:
+        report = sample_run(_sample_parser().parse_args(args), overrides)
+        if not report.n_slices:  # every sample was there: sampled before, but its timing is lost
+            raise ConfigError(f"{str(out)!r} holds samples but no {TIMING_FILE}: remove the folder to time it again")
+        return {"slices": report.n_slices, "seconds": report.seconds,
+                "seconds_per_slice": report.seconds / report.n_slices}
+
+    # the batch size is a setting: it changes the time per slice, not the volumes
+    settings = {"run": str(opt.resume), "data": str(opt.data), "sampler": name, "steps": steps, "seed": opt.seed,
+                "batch_size": opt.batch_size, "precision": opt.precision, "patients": opt.patients,
+                "overrides": overrides}
+    return Runner("[study]").run(Stage(f"{label(name, steps)}: sampling", out / TIMING_FILE, settings,
+                                       action=sample_and_time, verb="sampled and timed",
+                                       advice="remove the folder to sample and time it again, or give another "
+                                              "--outdir"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -200,6 +206,7 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
     if Path(opt.resume).is_file() and not opt.outdir:
         raise ConfigError("-r is a checkpoint file: give --outdir")
     reference = label(*settings[0])
+    claim_folder(out, "sampler study", {}, adopt_unmarked=True)  # studies written before folders were marked
     timings, folders = {}, {}
     for name, steps in settings:
         key = label(name, steps)
