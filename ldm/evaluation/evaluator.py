@@ -177,6 +177,15 @@ def evaluate_runs(runs: Mapping[str, str | Path], gt_dir: str | Path, *,
 
     scored: dict[str, dict[str, _Scored]] = {r.name: {} for r in reports}
     real: dict[str, dict[str, np.ndarray]] = {}
+
+    def leave_out_everywhere(pid: str, message: str) -> None:
+        """A ground-truth problem: an error under ``strict``, else the patient leaves every run."""
+        if strict:
+            raise EvaluationInputError(message)
+        for report in reports:
+            report.excluded[pid] = message
+        log(f"{message}: left out of every run")
+
     lesion_patients, without_ctp, settings = set(), [], {}
     truth_rows: dict[str, dict[str, dict]] = {GROUND_TRUTH: {}, GROUND_TRUTH_WINDOWED: {}}
     lesion_voxels: dict[str, int] = {}
@@ -184,11 +193,7 @@ def evaluate_runs(runs: Mapping[str, str | Path], gt_dir: str | Path, *,
         try:
             gt = load_ground_truth(folder)
         except EvaluationInputError as e:
-            if strict:
-                raise
-            for report in reports:
-                report.excluded[pid] = str(e)
-            log(f"{e}: left out of every run")
+            leave_out_everywhere(pid, str(e))
             continue
         for note in gt.notes:  # corrected or thresholded on reading: said once per patient
             log(note)
@@ -197,22 +202,13 @@ def evaluate_runs(runs: Mapping[str, str | Path], gt_dir: str | Path, *,
             without_ctp.append(pid)
         slices = gt.scored_slices(slice_rule)
         if slices.size == 0:
-            message = f"patient {pid}: no axial slice to score under the slice rule {slice_rule!r}"
-            if strict:
-                raise EvaluationInputError(message)
-            for report in reports:
-                report.excluded[pid] = message
-            log(f"{message}: left out of every run")
+            leave_out_everywhere(pid, f"patient {pid}: no axial slice to score under the slice rule {slice_rule!r}")
             continue
         settings[f"{gt.shape[0]}x{gt.shape[1]}"] = scale_set_for(*gt.shape[:2]).describe()
         try:
             truth = _truth(gt, slices, window)
         except EvaluationInputError as e:
-            if strict:
-                raise
-            for report in reports:
-                report.excluded[pid] = str(e)
-            log(f"{e}: left out of every run")
+            leave_out_everywhere(pid, str(e))
             continue
         truth_rows[GROUND_TRUTH][pid] = {"run": GROUND_TRUTH, "patient_id": pid, "sample": 0, **truth.contrast}
         truth_rows[GROUND_TRUTH_WINDOWED][pid] = {"run": GROUND_TRUTH_WINDOWED, "patient_id": pid, "sample": 0,

@@ -98,6 +98,7 @@ class InceptionFeatures:
             x = torch.from_numpy(np.ascontiguousarray(slices[start:start + self.batch_size], dtype=np.float32))
             x = x.to(self.device)[:, None].repeat(1, 3, 1, 1).clamp(0, 1) * 255.0
             x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
+            x.clamp_(0.0, 255.0)  # interpolating 255s can round to 255.00002: keep the network's input range
             features = self._forward(x)
             out.append(features.reshape(features.shape[0], -1).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0))
