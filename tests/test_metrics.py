@@ -12,7 +12,8 @@ from torchmetrics.functional.image import (
 
 from ldm.evaluation import metrics
 from ldm.evaluation.fid import activation_statistics, fid_from_features, frechet_distance
-from ldm.evaluation.intensity import percentile_window, to_unit_range
+from ldm.data.intensity_window import IntensityWindow
+from ldm.evaluation.intensity import to_unit_range
 from ldm.evaluation.ms_ssim import WANG_BETAS, ms_ssim, scale_set_for
 
 
@@ -135,7 +136,7 @@ def test_unit_range_uses_ground_truth_percentiles_inside_mask():
     mask = np.zeros(volume.shape, bool)
     mask[2:8, 3:9] = True
     volume[~mask] = 1e6  # outside the mask: must not move the window
-    lo, hi = percentile_window(volume, mask)
+    lo, hi = IntensityWindow(name="reference_percentile").intensity_range("dwi", volume, mask)
     inside = np.clip(volume[mask], 0, None)
     assert (lo, hi) == pytest.approx((np.quantile(inside, 0.005), np.quantile(inside, 0.995)))
     out = to_unit_range(volume, (lo, hi), mask)

@@ -20,7 +20,7 @@ Either way the result is the (lo, hi) of the linear map ``u = (clip(x, lo, hi) -
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +103,17 @@ class IntensityWindow:
             except (TypeError, ValueError):
                 raise WindowError(f"window dwi_headroom must be a number, got {params['dwi_headroom']!r}") from None
         return cls(name=name, **params)
+
+    @classmethod
+    def from_arguments(cls, name: str, adc_window: "Sequence[float] | None" = None,
+                       dwi_headroom: float | None = None) -> "IntensityWindow":
+        """The window of the ``--window`` / ``--adc_window LO HI`` / ``--dwi_headroom`` options."""
+        params: dict[str, Any] = {"name": name}
+        if adc_window is not None:
+            params["adc_range"] = list(adc_window)
+        if dwi_headroom is not None:
+            params["dwi_headroom"] = dwi_headroom
+        return cls.from_config(params)
 
     @classmethod
     def from_json(cls, data: "Mapping[str, Any] | None") -> "IntensityWindow":

@@ -392,17 +392,6 @@ def parse_spacing(values: Sequence[str]) -> tuple[float, float, float] | None:
         raise ValueError(f"--spacing takes three voxel sizes in mm (e.g. 1 1 5) or 'native', got {' '.join(values)}")
 
 
-def window_from_arguments(name: str, adc_window: Sequence[float] | None,
-                          dwi_headroom: float | None) -> IntensityWindow:
-    """The window of ``--window`` / ``--adc_window`` / ``--dwi_headroom`` (the last two: lesion only)."""
-    params: dict = {"name": name}
-    if adc_window is not None:
-        params["adc_range"] = list(adc_window)
-    if dwi_headroom is not None:
-        params["dwi_headroom"] = dwi_headroom
-    return IntensityWindow.from_config(params)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input_dir", required=True, help="raw split: <input_dir>/<patient_id>/{ctp,dwi,...}.nii.gz")
@@ -442,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     try:
-        window = window_from_arguments(args.window, args.adc_window, args.dwi_headroom)
+        window = IntensityWindow.from_arguments(args.window, args.adc_window, args.dwi_headroom)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ldm.data.normalization import percentile_range, scale_to_unit
-
-
-def percentile_window(volume: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """The (0.5th, 99.5th) percentiles of ``max(volume, 0)`` inside ``mask``."""
-    return percentile_range(np.asarray(volume), np.asarray(mask) > 0)
+from ldm.data.normalization import scale_to_unit
 
 
 def to_unit_range(volume: np.ndarray, window: tuple[float, float], mask: np.ndarray) -> np.ndarray:

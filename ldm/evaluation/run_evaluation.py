@@ -40,19 +40,6 @@ def parse_pair(text: str) -> tuple[str, str]:
     return a, b
 
 
-def evaluation_window(name: str, adc_window: list[float] | None, dwi_headroom: float | None) -> IntensityWindow:
-    """``--window`` / ``--adc_window`` / ``--dwi_headroom`` as an IntensityWindow (one-line errors)."""
-    params: dict = {"name": name}
-    if adc_window is not None:
-        params["adc_range"] = list(adc_window)
-    if dwi_headroom is not None:
-        params["dwi_headroom"] = dwi_headroom
-    try:
-        return IntensityWindow.from_config(params)
-    except WindowError as e:
-        raise EvaluationInputError(f"--window: {e}") from None
-
-
 def largest_lesions(lesion_voxels: dict[str, int], patients: list[str], k: int) -> list[str]:
     """The ``k`` patients with the largest lesion (voxels as evaluation read them: > 0.5, inside the
     brain), patients without lesion last."""
@@ -80,7 +67,10 @@ def run_evaluation(opt: argparse.Namespace) -> int:
             raise EvaluationInputError(f"--pred: the run name {RECONSTRUCTION_NAME!r} is taken by --reconstruction")
         runs[RECONSTRUCTION_NAME] = Path(opt.reconstruction)
         ceilings.append(RECONSTRUCTION_NAME)
-    window = evaluation_window(opt.window, opt.adc_window, opt.dwi_headroom)
+    try:
+        window = IntensityWindow.from_arguments(opt.window, opt.adc_window, opt.dwi_headroom)
+    except WindowError as e:
+        raise EvaluationInputError(f"--window: {e}") from None
     compared = [name for name in runs if name not in ceilings]
     try:
         choices = MetricChoices(opt.metric_region, opt.lesion_mae, opt.failed_ratio)
