@@ -28,14 +28,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.data.anatomy import inplane_voxel_mm  # noqa: E402
-from ldm.data.brain_mask import derive_brain_mask  # noqa: E402
-from ldm.data.mni_template import load_template  # noqa: E402
-from ldm.data.harmonisation import harmonise  # noqa: E402
-from ldm.data.preprocessing import _build, preprocess_cohort, preprocess_patient  # noqa: E402
-from ldm.data.resampling import PAPER_SPACING, Grid, resample, target_grid  # noqa: E402
-from ldm.data.synthetic import generate_patient, write_patient  # noqa: E402
-from ldm.data.validation import load_patient  # noqa: E402
+from ldm.data.synthetic.anatomy import inplane_voxel_mm  # noqa: E402
+from ldm.data.transforms.brain_mask import derive_brain_mask  # noqa: E402
+from ldm.data.synthetic.mni_template import load_template  # noqa: E402
+from ldm.data.ingest.harmonisation import harmonise  # noqa: E402
+from ldm.data.preprocessing.pipeline import _build, preprocess_cohort, preprocess_patient  # noqa: E402
+from ldm.data.transforms.resampling import PAPER_SPACING, Grid, resample, target_grid  # noqa: E402
+from ldm.data.synthetic.cohort import generate_patient, write_patient  # noqa: E402
+from ldm.data.ingest.validation import load_patient  # noqa: E402
 
 
 def write_as_scanned(patient, folder: Path, spacing, frames: int | None, ctp_rotation: float) -> None:

@@ -2,7 +2,7 @@
 
     python scripts/benchmark_registration.py [--frames 20] [--threads 1] [--motion]
 
-Builds a synthetic pair (ldm/data/synthetic_pair.py, a real-size brain): an unstripped CTP of
+Builds a synthetic pair (ldm/data/synthetic/pair.py, a real-size brain): an unstripped CTP of
 512 x 512 x 32 voxels at 0.45 x 0.45 x 5 mm (a clinical 230 mm field of view) with ``--frames``
 frames, misregistered by about 8 degrees and 6 mm, and a DWI of 192 x 224 x 32 at 1 x 1 x 5 mm (the
 paper's grid); writes them as NIfTI and times ``register_ctp.py`` on them (reading, skull-stripping,
@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.data.registration import transform_to_ras  # noqa: E402
-from ldm.data.synthetic_pair import make_registration_pair  # noqa: E402
+from ldm.data.ingest.registration import transform_to_ras  # noqa: E402
+from ldm.data.synthetic.pair import make_registration_pair  # noqa: E402
 
 
 def main() -> int:

@@ -45,7 +45,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def get_parser() -> argparse.ArgumentParser:
-    from ldm.data.intensity_window import WINDOWS
+    from ldm.data.transforms.intensity_window import WINDOWS
     from ldm.evaluation.clinical import ADC_CORE_THRESHOLD, CORE_THRESHOLD_ML
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)

@@ -1,4 +1,4 @@
-"""Import ISLES'24 into this project's raw layout (see ldm/data/isles24.py for the names and choices).
+"""Import ISLES'24 into this project's raw layout (see ldm/data/ingest/isles24.py for the names and choices).
 
     python scripts/import_isles24.py --isles_root /data/isles24 --output_dir data/raw_isles24 \\
         [--spacing 1 1 5] [--timepoints 15] [--split 0.7 0.1 0.2] [--seed 0] [--workers N]
@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.data.isles24 import SubjectError, import_isles24, split_subjects  # noqa: E402
-from ldm.data.resampling import PAPER_SPACING, check_spacing  # noqa: E402
+from ldm.data.ingest.isles24 import SubjectError, import_isles24, split_subjects  # noqa: E402
+from ldm.data.transforms.resampling import PAPER_SPACING, check_spacing  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@
 # is done first: it stores the cohort reference constants (reference.json) that val/test/clinical
 # reuse through --reference (CTP-only patients get their MRI intensity scale from them).
 # SPACING is the model grid's voxel size in mm (default the paper's 1 1 5; "native" keeps each
-# patient's grid), except for a synthetic cohort (RAW/cohort.json, ldm/data/synthetic.py): its
+# patient's grid), except for a synthetic cohort (RAW/cohort.json, ldm/data/synthetic): its
 # stated voxel size is the default there, so that the demo's 3.5 x 3.5 x 5 mm cohort is not
 # resampled. TIMEPOINTS is the CTP frame count (default 15; more frames are resampled in time).
 # WINDOW is the DWI/ADC intensity window (docs/data.md): lesion (default: ADC 0-2500 x 10^-6 mm^2/s,
@@ -31,12 +31,12 @@ fi
 SPACING=${SPACING:-"1 1 5"}
 
 # shellcheck disable=SC2086  # SIZE and EXTRA are word lists on purpose
-"$PYTHON" ldm/data/preprocessing.py --input_dir "$RAW/train" --output_dir "$NPY/train" \
+"$PYTHON" -m ldm.data.preprocessing --input_dir "$RAW/train" --output_dir "$NPY/train" \
     --size $SIZE --spacing $SPACING --timepoints "$TIMEPOINTS" --window "$WINDOW" --workers "$WORKERS" $EXTRA
 for split in val test clinical; do
     if [ -d "$RAW/$split" ]; then
         # shellcheck disable=SC2086
-        "$PYTHON" ldm/data/preprocessing.py --input_dir "$RAW/$split" --output_dir "$NPY/$split" \
+        "$PYTHON" -m ldm.data.preprocessing --input_dir "$RAW/$split" --output_dir "$NPY/$split" \
             --size $SIZE --spacing $SPACING --timepoints "$TIMEPOINTS" --window "$WINDOW" --workers "$WORKERS" \
             --reference "$NPY/train" $EXTRA
     fi

@@ -26,7 +26,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--resume", required=True, help="VQGAN (or latent-diffusion) run directory or checkpoint")
     p.add_argument("-b", "--base", nargs="*", default=[], metavar="config.yaml",
                    help="configs merged after the run's own (needed for a checkpoint outside a run directory)")
-    p.add_argument("--data", required=True, help="preprocessed split (ldm/data/preprocessing.py output)")
+    p.add_argument("--data", required=True, help="preprocessed split (python -m ldm.data.preprocessing output)")
     p.add_argument("--outdir", required=True, help="where <patient_id>/{dwi,adc}_sample_0.nii.gz go")
     p.add_argument("--patients", nargs="+", default=None, help="only these patients")
     p.add_argument("--batch_size", type=int, default=32)
@@ -36,7 +36,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ldm.data.contract import check_split, load_run_contract
+    from ldm.data.preprocessing.contract import check_split, load_run_contract
     from ldm.data.record import load_index
     from ldm.inference.reconstruction import reconstruct_cohort
     from ldm.inference.run_loading import choose_device, load_model, load_run_config, resolve_run

@@ -32,8 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.data.timepoints import sidecar_path  # noqa: E402
-from ldm.data.validation import PatientError, find_map  # noqa: E402
+from ldm.data.transforms.timepoints import sidecar_path  # noqa: E402
+from ldm.data.ingest.validation import PatientError, find_map  # noqa: E402
 from ldm.io import atomic_path, atomic_save_nifti, atomic_write_json, remove_stale_staging, staged_folder  # noqa: E402
 
 EXIT_USER_ERROR = 2
@@ -89,8 +89,8 @@ def register_files(ctp_path: Path, dwi_path: Path, out_path: Path, qc_path: Path
     """Register one pair and write its outputs (see the module doc); return the report."""
     import SimpleITK as sitk
 
-    from ldm.data.registration import register_ctp
-    from ldm.data.registration_qc import write_qc_png
+    from ldm.data.ingest.registration import register_ctp
+    from ldm.data.ingest.registration_qc import write_qc_png
 
     ctp_image, ctp = _read(ctp_path, 4)
     dwi_image, dwi = _read(dwi_path, 3)
@@ -174,7 +174,7 @@ def register_cohort(input_dir: Path, output_dir: Path, motion: bool = False, wor
                     progress: bool = True) -> tuple[dict[str, dict], dict[str, str]]:
     from tqdm.auto import tqdm
 
-    from ldm.data.preprocessing import patient_folders
+    from ldm.data.preprocessing.pipeline import patient_folders
 
     folders = patient_folders(input_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,9 @@ air around it as clinical (and ISLES'24) CTP."""
 import numpy as np
 import pytest
 
-from ldm.data.brain_mask import derive_brain_mask, is_skull_stripped
-from ldm.data.head import add_skull
-from ldm.data.synthetic import SIZES, generate_patient
+from ldm.data.transforms.brain_mask import derive_brain_mask, is_skull_stripped
+from ldm.data.synthetic.skull import add_skull
+from ldm.data.synthetic.cohort import SIZES, generate_patient
 
 
 def _dice(a, b):

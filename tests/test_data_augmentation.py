@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ldm.data.augmentation import AugmentParams, SliceAugmentation, apply_augmentation
+from ldm.data.training.augmentation import AugmentParams, SliceAugmentation, apply_augmentation
 
 
 def _blob(h, w, row, col, sigma=1.5):

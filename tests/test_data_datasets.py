@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ldm.data.ctpdwi import CTPMRISlices, MRISlices
-from ldm.data.preprocessing import preprocess_cohort
+from ldm.data.training.datasets import CTPMRISlices, MRISlices
+from ldm.data.preprocessing.pipeline import preprocess_cohort
 from ldm.data.record import load_index
-from ldm.data.synthetic import generate_patient, write_patient
+from ldm.data.synthetic.cohort import generate_patient, write_patient
 
 SIZE = (32, 32)
 
@@ -142,7 +142,7 @@ def test_mri_dataset_and_worker_loading(splits):
 def test_augmentation_warps_the_unclipped_maps_then_clips_as_the_reference(splits):
     """Reference order: warp the raw-scaled maps, then clip to [0, 1], mask and map to [-1, 1]. Warping
     already-clipped maps gives other values wherever bilinear interpolation mixes a clipped voxel."""
-    from ldm.data.augmentation import AugmentParams, apply_augmentation
+    from ldm.data.training.augmentation import AugmentParams, apply_augmentation
 
     params = AugmentParams(affine=True, angle=0.1, shift_h=0.5, shift_w=-0.5)
     # the percentile window clips both ends of every map, so the order shows (the lesion window clips little)

@@ -2,17 +2,18 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from ldm.data.brain_mask import derive_brain_mask
-from ldm.data.cropping import brain_window
-from ldm.data.preprocessing import CohortError, main, preprocess_cohort
+from ldm.data.transforms.brain_mask import derive_brain_mask
+from ldm.data.transforms.cropping import brain_window
+from ldm.data.preprocessing.pipeline import CohortError, main, preprocess_cohort
 from ldm.data.record import INDEX_FILE, REFERENCE_FILE, load_index, load_reference
-from ldm.data.synthetic import generate_patient, write_patient
-from ldm.data.volume import place_slices, slices_to_volume, volume_to_nifti
+from ldm.data.synthetic.cohort import generate_patient, write_patient
+from ldm.data.preprocessing.reassembly import place_slices, slices_to_volume, volume_to_nifti
 
 SIZE = (32, 32)  # model size; sources are jittered around it so both crop and pad happen
 N_T = 15
@@ -35,7 +36,7 @@ def _source(folder, name):
 
 
 def _expected_range(window: str, modality: str, source: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
-    """The window's (lo, hi), computed here independently of ldm/data/intensity_window.py."""
+    """The window's (lo, hi), computed here independently of ldm/data/transforms/intensity_window.py."""
     values = np.maximum(source[brain], 0)
     if window == "reference_percentile":
         return tuple(np.percentile(values, [0.5, 99.5]))
@@ -207,11 +208,15 @@ def test_each_bad_input_is_rejected_with_its_message_and_leaves_no_output(tmp_pa
     assert main(["--input_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "x")]) == 2
 
 
-def test_runs_as_a_script_path(tmp_path, patients, repo_root):
+@pytest.mark.parametrize("how", ["module", "folder path"])
+def test_runs_as_a_command(tmp_path, patients, repo_root, how):
+    """``python -m ldm.data.preprocessing`` from the repository, or the package folder's path from anywhere."""
     _write(tmp_path / "raw", patients[1])
-    done = subprocess.run([sys.executable, "ldm/data/preprocessing.py", "--input_dir", str(tmp_path / "raw"),
+    entry, cwd = (["-m", "ldm.data.preprocessing"], repo_root) if how == "module" else \
+        ([str(Path(repo_root) / "ldm" / "data" / "preprocessing")], tmp_path)
+    done = subprocess.run([sys.executable, *entry, "--input_dir", str(tmp_path / "raw"),
                            "--output_dir", str(tmp_path / "npy"), "--size", "32", "32"],
-                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "preprocessed 1/1 patients" in done.stdout
     assert list(load_index(tmp_path / "npy")) == ["P001"]
@@ -261,7 +266,7 @@ def test_ctp_only_patients_with_and_without_mask_use_the_training_reference(tmp_
 
 def test_a_killed_rerun_leaves_no_index_that_disagrees_with_the_folders(tmp_path, patients, monkeypatch):
     """Killed between two patients of a re-run: the old index must not describe republished folders."""
-    import ldm.data.preprocessing as preprocessing
+    import ldm.data.preprocessing.pipeline as preprocessing
 
     raw, out = tmp_path / "raw", tmp_path / "npy"
     for p in patients:

@@ -6,9 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ldm.data.anatomy import inplane_voxel_mm
-from ldm.data.perfusion import gamma_variate
-from ldm.data.synthetic import MAPS, generate_cohort, generate_patient, main, parse_size, strip_to_ctp_only
+from ldm.data.synthetic.anatomy import inplane_voxel_mm
+from ldm.data.synthetic.perfusion import gamma_variate
+from ldm.data.synthetic.cohort import MAPS, generate_cohort, generate_patient, main, parse_size, strip_to_ctp_only
 
 TINY = (32, 32)
 
@@ -124,7 +124,7 @@ def test_command_line(tmp_path, capsys):
 def test_lesion_volume_law_quantiles_and_strata():
     from scipy import stats
 
-    from ldm.data.lesion_model import (P_NO_LESION, VOLUME_LOG_MEAN, VOLUME_LOG_SD, VOLUME_RANGE_ML,
+    from ldm.data.synthetic.lesion import (P_NO_LESION, VOLUME_LOG_MEAN, VOLUME_LOG_SD, VOLUME_RANGE_ML,
                                        stratified_quantiles, volume_at_quantile)
 
     assert volume_at_quantile(0.0) == 0.0 and volume_at_quantile(P_NO_LESION - 1e-9) == 0.0

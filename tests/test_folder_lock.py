@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ldm.data.preprocessing import main
+from ldm.data.preprocessing.pipeline import main
 from ldm.data.record import INDEX_FILE, load_index
 from ldm.folder_lock import LOCK_FILE, FolderBusy, folder_lock
 from tests.helpers.lock_holder import hold
@@ -38,7 +38,7 @@ def test_a_live_holder_refuses_others_and_a_killed_holders_lock_is_taken_over(tm
         assert "\n" not in message
         raw = tmp_path / "raw"
         write_raw_patient(raw / "P001", 1)
-        done = subprocess.run([sys.executable, "ldm/data/preprocessing.py", "--input_dir", str(raw), "--output_dir",
+        done = subprocess.run([sys.executable, "-m", "ldm.data.preprocessing", "--input_dir", str(raw), "--output_dir",
                                str(out), "--size", "32", "32"], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and _error_lines(done.stderr) == [f"error: {message}"]
         assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written beside the holder's lock
@@ -62,7 +62,7 @@ def test_a_live_holder_refuses_others_and_a_killed_holders_lock_is_taken_over(tm
 
 SLOW_RUN = """
 import pathlib, sys, time
-import ldm.data.preprocessing as preprocessing
+import ldm.data.preprocessing.pipeline as preprocessing
 go = pathlib.Path(sys.argv[1])
 original = preprocessing._worker
 def slow(job):  # a long run: each patient waits until the test says go

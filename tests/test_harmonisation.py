@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ldm.data.harmonisation import harmonise
-from ldm.data.preprocessing import CohortError, main, preprocess_cohort
+from ldm.data.ingest.harmonisation import harmonise
+from ldm.data.preprocessing.pipeline import CohortError, main, preprocess_cohort
 from ldm.data.record import INDEX_FILE, load_index
-from ldm.data.resampling import Grid, coverage, resample, target_grid
-from ldm.data.synthetic import generate_patient, write_patient
-from ldm.data.timepoints import FrameTimes, read_frame_times, resample_frames
-from ldm.data.validation import load_patient
-from ldm.data.volume import place_slices, slices_to_volume, volume_to_nifti
+from ldm.data.transforms.resampling import Grid, coverage, resample, target_grid
+from ldm.data.synthetic.cohort import generate_patient, write_patient
+from ldm.data.transforms.timepoints import FrameTimes, read_frame_times, resample_frames
+from ldm.data.ingest.validation import load_patient
+from ldm.data.preprocessing.reassembly import place_slices, slices_to_volume, volume_to_nifti
 
 # oblique, about 1 x 1 x 5 mm (column norms 0.995, 0.995, 5.0003: within the 1 % tolerance)
 AFFINE = np.array([[0.98, -0.17, 0.0, -20.5],

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from ldm.data.intensity_window import IntensityWindow, WindowError, brain_median
-from ldm.data.preprocessing import main as preprocess_main
-from ldm.data.preprocessing import preprocess_cohort
+from ldm.data.transforms.intensity_window import IntensityWindow, WindowError, brain_median
+from ldm.data.preprocessing.pipeline import main as preprocess_main
+from ldm.data.preprocessing.pipeline import preprocess_cohort
 from ldm.data.record import load_index, load_reference
-from ldm.data.synthetic import generate_patient, write_patient
+from ldm.data.synthetic.cohort import generate_patient, write_patient
 
 
 def _volume(seed=0):

@@ -8,12 +8,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ldm.data.head import add_skull
-from ldm.data.isles24 import MANIFEST, import_isles24, split_subjects
-from ldm.data.preprocessing import preprocess_cohort
+from ldm.data.synthetic.skull import add_skull
+from ldm.data.ingest.isles24 import MANIFEST, import_isles24, split_subjects
+from ldm.data.preprocessing.pipeline import preprocess_cohort
 from ldm.data.record import load_index
-from ldm.data.resampling import Grid, resample
-from ldm.data.synthetic import generate_patient
+from ldm.data.transforms.resampling import Grid, resample
+from ldm.data.synthetic.cohort import generate_patient
 from tests.helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -153,9 +153,9 @@ def test_control_run_trains_on_the_same_batches_timesteps_and_noise_with_stage2_
     """The control ("cLDM continued": lambdas 0) and the post-training run, started from the same
     stage-2 checkpoint with the same seed, see the same augmented batches, timesteps and noise at every
     step (a paired design), and the control's loss is exactly the stage-2 (latent) loss."""
-    from ldm.data.ctpdwi import CTPMRISlices
-    from ldm.data.preprocessing import preprocess_cohort
-    from ldm.data.synthetic import generate_patient, write_patient
+    from ldm.data.training.datasets import CTPMRISlices
+    from ldm.data.preprocessing.pipeline import preprocess_cohort
+    from ldm.data.synthetic.cohort import generate_patient, write_patient
     from ldm.models.diffusion.ddpm import LatentDiffusion
     from tests.helpers.lapt_models import stage2_config
 

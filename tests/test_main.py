@@ -133,7 +133,7 @@ def _write(tmp_path: Path, text: str) -> str:
 
 TOY_DATA = """
 data:
-  target: ldm.data.datamodule.DataModuleFromConfig
+  target: ldm.data.training.datamodule.DataModuleFromConfig
   params: {batch_size: 2, num_workers: 0, train: {target: tests.helpers.toy_model.ToyDataset}}
 """
 
@@ -257,15 +257,15 @@ def test_ddp_two_cpu_processes_share_one_run_directory(tmp_path):
     ("{name: lesion, dwi_headroom2: 3}", "window key 'dwi_headroom2' does not exist"),
 ])
 def test_a_data_window_that_is_not_the_splits_exits_2_before_any_run_folder(window, expected, tmp_path, capsys):
-    from ldm.data.preprocessing import preprocess_cohort
-    from ldm.data.synthetic import generate_patient, write_patient
+    from ldm.data.preprocessing.pipeline import preprocess_cohort
+    from ldm.data.synthetic.cohort import generate_patient, write_patient
 
     write_patient(generate_patient([4, 0], size=(32, 32), n_slices=3), tmp_path / "raw" / "P0")
     preprocess_cohort(tmp_path / "raw", tmp_path / "npy", size=(32, 32), progress=False)  # the lesion window
     logs = tmp_path / "logs"
     config = _write(tmp_path, "model:\n  target: tests.helpers.toy_model.ToyRegressor\n"
-                              "data:\n  target: ldm.data.datamodule.DataModuleFromConfig\n"
-                              "  params: {batch_size: 2, num_workers: 0, train: {target: ldm.data.ctpdwi.MRISlices, "
+                              "data:\n  target: ldm.data.training.datamodule.DataModuleFromConfig\n"
+                              "  params: {batch_size: 2, num_workers: 0, train: {target: ldm.data.training.datasets.MRISlices, "
                               f"params: {{data_root: {tmp_path / 'npy'}, window: {window}}}}}}}\n")
     try:
         code = launcher.main(["-t", "-l", str(logs), "--base", config])

@@ -12,7 +12,7 @@ from torchmetrics.functional.image import (
 
 from ldm.evaluation import metrics
 from ldm.evaluation.fid import activation_statistics, fid_from_features, frechet_distance
-from ldm.data.intensity_window import IntensityWindow
+from ldm.data.transforms.intensity_window import IntensityWindow
 from ldm.evaluation.intensity import to_unit_range
 from ldm.evaluation.ms_ssim import WANG_BETAS, ms_ssim, scale_set_for
 

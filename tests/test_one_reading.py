@@ -12,9 +12,9 @@ import re
 import numpy as np
 import pytest
 
-from ldm.data.preprocessing import preprocess_cohort
+from ldm.data.preprocessing.pipeline import preprocess_cohort
 from ldm.data.record import load_index
-from ldm.data.resampling import Grid, resample
+from ldm.data.transforms.resampling import Grid, resample
 from ldm.evaluation.volumes import load_ground_truth
 from tests.helpers.map_defects import probability_map, save, synthetic, truncate, write
 from tests.helpers.scripts import load_script, read_csv

@@ -10,13 +10,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ldm.data import plausibility as pl
-from ldm.data.cohort_report import REPORT_FILE, cohort_rows
-from ldm.data.head import add_skull
-from ldm.data.preprocessing import CohortError, main, preprocess_cohort
+from ldm.data.ingest import plausibility as pl
+from ldm.data.ingest.cohort_report import REPORT_FILE, cohort_rows
+from ldm.data.synthetic.skull import add_skull
+from ldm.data.preprocessing.pipeline import CohortError, main, preprocess_cohort
 from ldm.data.record import INDEX_FILE, PatientRecord, load_index
-from ldm.data.synthetic import generate_patient
-from ldm.data.validation import PatientError, PatientVolumes, check_maps, load_patient
+from ldm.data.synthetic.cohort import generate_patient
+from ldm.data.ingest.validation import PatientError, PatientVolumes, check_maps, load_patient
 from ldm.evaluation.clinical import require_adc_units
 from ldm.evaluation.volumes import EvaluationInputError, load_ground_truth
 from tests.helpers.map_defects import save, synthetic, write

@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.data.ctpdwi import MRISlices
-from ldm.data.volume import slices_to_volume
+from ldm.data.training.datasets import MRISlices
+from ldm.data.preprocessing.reassembly import slices_to_volume
 from ldm.inference.reconstruction import autoencoder_of, round_trip
 from tests.helpers.raw_patients import SIZE, cohort  # noqa: F401  (the fixture)
 from tests.helpers.scripts import error_line, load_script
@@ -23,8 +23,8 @@ def _vqgan_run(root, data_root):
     config = {"model": {"target": "taming.models.vqgan.VQModel", "params": {
         "ddconfig": tiny_ddconfig(resolution=SIZE[0]), "lossconfig": tiny_lossconfig(), "n_embed": 32,
         "embed_dim": 3}},
-        "data": {"target": "ldm.data.datamodule.DataModuleFromConfig", "params": {
-            "batch_size": 2, "train": {"target": "ldm.data.ctpdwi.MRISlices", "params": {"data_root": str(data_root)}}}}}
+        "data": {"target": "ldm.data.training.datamodule.DataModuleFromConfig", "params": {
+            "batch_size": 2, "train": {"target": "ldm.data.training.datasets.MRISlices", "params": {"data_root": str(data_root)}}}}}
     (root / "configs").mkdir(parents=True)
     (root / "checkpoints").mkdir()
     OmegaConf.save(OmegaConf.create(config), root / "configs" / "2025-01-01T00-00-00-project.yaml")

@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ldm.data.preprocessing import preprocess_cohort
+from ldm.data.preprocessing.pipeline import preprocess_cohort
 from ldm.data.record import load_index
-from ldm.data.registration import RegistrationSettings, register_ctp, to_sitk, transform_to_ras
-from ldm.data.synthetic_pair import make_registration_pair, rigid_matrix
+from ldm.data.ingest.registration import RegistrationSettings, register_ctp, to_sitk, transform_to_ras
+from ldm.data.synthetic.pair import make_registration_pair, rigid_matrix
 from tests.helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,11 +14,11 @@ import torch
 from omegaconf import OmegaConf
 
 from ldm.callbacks.setup import SetupCallback
-from ldm.data.contract import CONTRACT_FILE, DataContract, load_run_contract
-from ldm.data.head import add_skull
-from ldm.data.preprocessing import preprocess_cohort
+from ldm.data.preprocessing.contract import CONTRACT_FILE, DataContract, load_run_contract
+from ldm.data.synthetic.skull import add_skull
+from ldm.data.preprocessing.pipeline import preprocess_cohort
 from ldm.data.record import load_reference
-from ldm.data.resampling import Grid, resample
+from ldm.data.transforms.resampling import Grid, resample
 from tests.helpers.raw_patients import SIZE, write_raw_patient
 from tests.helpers.sampling_runs import build_model, save_run, tiny_config
 from tests.helpers.scripts import error_line as script_error_line

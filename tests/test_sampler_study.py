@@ -18,7 +18,7 @@ study = load_script("sampler_study")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from ldm.data.preprocessing import preprocess_cohort
+    from ldm.data.preprocessing.pipeline import preprocess_cohort
     from tests.helpers.raw_patients import SIZE
 
     root = tmp_path_factory.mktemp("study")

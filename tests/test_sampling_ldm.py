@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldm.data.preprocessing import preprocess_cohort
+from ldm.data.preprocessing.pipeline import preprocess_cohort
 from ldm.modules.ema import EMA_PREFIX
 from tests.helpers.lock_holder import hold
 from tests.helpers.raw_patients import AFFINE, SIZE, SOURCE_SHAPE, write_raw_patient

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldm.data.lesion_model import P_NO_LESION, stratified_quantiles
+from ldm.data.synthetic.lesion import P_NO_LESION, stratified_quantiles
 from ldm.experiments import study
 from ldm.experiments.runner import EXPERIMENT_FILE, ExperimentError
 from tests.helpers.scripts import error_line, load_script, read_csv

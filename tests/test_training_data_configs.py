@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ldm.data.augmentation import SliceAugmentation
+from ldm.data.training.augmentation import SliceAugmentation
 from ldm.util import instantiate_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +37,8 @@ def test_training_split_augments_as_the_reference_and_validation_does_not(path):
 
 def test_config_augment_reaches_the_dataset(tmp_path):
     """The YAML mapping builds the dataset's augmentation (with OmegaConf nodes as values)."""
-    from ldm.data.preprocessing import preprocess_cohort
-    from ldm.data.synthetic import generate_patient, write_patient
+    from ldm.data.preprocessing.pipeline import preprocess_cohort
+    from ldm.data.synthetic.cohort import generate_patient, write_patient
 
     p = generate_patient([1, 2], size=(32, 32), n_slices=3, n_timepoints=15)
     write_patient(p, tmp_path / "raw" / "P0")

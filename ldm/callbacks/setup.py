@@ -1,5 +1,5 @@
 """Creates the run directory and saves the merged configs when training starts (rank zero), with
-the training data's contract and cohort reference (ldm/data/contract.py)."""
+the training data's contract and cohort reference (ldm/data/preprocessing/contract.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_warn
 
-from ldm.data.contract import write_run_contract
+from ldm.data.preprocessing.contract import write_run_contract
 from ldm.io import atomic_write_text
 
 

@@ -1,6 +1,6 @@
 """What preprocessing records per patient (``index.json``) and per cohort (``reference.json``).
 
-Layout of a preprocessed split (``ldm/data/preprocessing.py --output_dir OUT``)::
+Layout of a preprocessed split (``python -m ldm.data.preprocessing --output_dir OUT``)::
 
     OUT/index.json                 {"version", "size", "spacing", "n_timepoints", "slice_rule",
                                     "reference", "patients": {id: record}}
@@ -15,7 +15,7 @@ Layout of a preprocessed split (``ldm/data/preprocessing.py --output_dir OUT``):
 ``S`` runs over the kept axial slices ``slice_indices`` (z of the model grid); ``H`` is the grid's
 first axis (X) and ``W`` its second (Y), cropped/padded to ``size``. The model grid is the source
 grid (the DWI's, or the CTP's for a CTP-only patient) resampled to the preprocessing spacing
-(ldm/data/resampling.py); when the source already is at that spacing the two are the same grid.
+(ldm/data/transforms/resampling.py); when the source already is at that spacing the two are the same grid.
 CTP-only patients have no
 ``mri.npy``/``lesion.npy``. Images are stored unmasked and unclipped: datasets augment them
 jointly with the masks, then clip to [0, 1], mask and map to [-1, 1] (the reference's order).
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ldm.data.intensity_window import IntensityWindow
+from ldm.data.transforms.intensity_window import IntensityWindow
 
 MODALITIES = ("dwi", "adc")  # the MRI channels, in order (docs/data.md)
 MASKS = ("mask", "lesion")  # the binary maps of a patient: brain and ischemic core
@@ -48,7 +48,7 @@ class PatientRecord:
     and ``pad[a] = (before, after)`` the background added around it, so that on each axis
     ``stop - start + before + after == size[a]``. ``dwi_range``/``adc_range`` are the (lo, hi) of
     the linear map of each to [0, 1], set by the intensity ``window`` (``IntensityWindow.to_json``;
-    ldm/data/intensity_window.py) (None for a CTP-only patient); ``ctp_range`` is (0, 200) HU. ``lesion_voxels`` counts lesion voxels per kept slice. ``data_dir`` is filled in
+    ldm/data/transforms/intensity_window.py) (None for a CTP-only patient); ``ctp_range`` is (0, 200) HU. ``lesion_voxels`` counts lesion voxels per kept slice. ``data_dir`` is filled in
     by :func:`load_index` (absolute folder of the patient's arrays), never stored.
 
     Geometry: ``source_shape``/``affine``/``zooms``/``qform`` are the source grid, where outputs
@@ -56,7 +56,7 @@ class PatientRecord:
     ``slice_indices`` refer to (None: the source grid itself, nothing was resampled). Time:
     ``n_timepoints`` frames are stored, resampled from ``source_timepoints`` acquired ones at
     ``sample_times`` (None when left as acquired); ``frame_times`` are the acquisition times and
-    ``timepoint_source`` says where they came from (ldm/data/timepoints.py).
+    ``timepoint_source`` says where they came from (ldm/data/transforms/timepoints.py).
     """
 
     patient_id: str
@@ -75,7 +75,7 @@ class PatientRecord:
     ctp_range: tuple[float, float] = (0.0, 200.0)
     lesion_voxels: list[int] = field(default_factory=list)
     mask_source: str = "given"  # or "derived from ctp"
-    slice_rule: str = "reference"  # which slices were kept (ldm/data/slice_selection.py)
+    slice_rule: str = "reference"  # which slices were kept (ldm/data/transforms/slice_selection.py)
     qform: np.ndarray | None = None
     qform_code: int = 1
     sform_code: int = 1
@@ -212,7 +212,7 @@ def load_index(root: str | Path) -> dict[str, PatientRecord]:
     root = Path(root)
     path = root / INDEX_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no {INDEX_FILE} in {str(root)!r}: run ldm/data/preprocessing.py "
+        raise FileNotFoundError(f"no {INDEX_FILE} in {str(root)!r}: run python -m ldm.data.preprocessing "
                                 f"--input_dir <raw split> --output_dir {root} first")
     index = _read_json(path, "index")
     if index.get("version") != INDEX_VERSION:

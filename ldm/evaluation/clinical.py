@@ -14,7 +14,7 @@ share), so anisotropic voxels (e.g. 1 x 1 x 5 mm) count correctly. The ground tr
 Undefined values are None (empty CSV cell, a dash in tables), never NaN: the relative volume
 error when the true core is 0 ml, and every synthesised-core value of a sample whose ADC could not
 go below the threshold: a model writes ADC only inside the range its intensity window gave the
-patient (``cal_min``/``cal_max`` in the sample's header, ldm/data/volume.py), and when that range
+patient (``cal_min``/``cal_max`` in the sample's header, ldm/data/preprocessing/reassembly.py), and when that range
 starts at or above the threshold its "0 ml" would be the window's doing, not the model's, so the
 core is *not measurable* (``core_measurable`` False) and left out of the agreement. The Dice of two empty masks is defined as 1 (both agree that
 there is no core); a patient without lesion is an ordinary case with a lesion volume of 0 ml.
@@ -28,9 +28,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ldm.data import plausibility
-from ldm.data.intensity_window import ADC_CORE_THRESHOLD
-from ldm.data.volume import written_range
+from ldm.data.ingest import plausibility
+from ldm.data.transforms.intensity_window import ADC_CORE_THRESHOLD
+from ldm.data.preprocessing.reassembly import written_range
 from ldm.evaluation.volumes import (
     MODALITIES,
     EvaluationInputError,

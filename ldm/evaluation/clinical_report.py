@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ldm.data.intensity_window import IntensityWindow
+from ldm.data.transforms.intensity_window import IntensityWindow
 from ldm.evaluation.agreement import bland_altman, cohen_kappa, correlations, decision_table, icc_2_1
 from ldm.evaluation.clinical import (
     ADC_CORE_THRESHOLD,

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ldm.data.intensity_window import IntensityWindow
-from ldm.data.slice_selection import SLICE_RULES
+from ldm.data.transforms.intensity_window import IntensityWindow
+from ldm.data.transforms.slice_selection import SLICE_RULES
 from ldm.evaluation.choices import MetricChoices
 from ldm.evaluation.clinical import ground_truth_voxel_ml
 from ldm.evaluation.fid import InceptionFeatures, fid_from_features

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ldm.data.intensity_window import ADC_CORE_THRESHOLD
+from ldm.data.transforms.intensity_window import ADC_CORE_THRESHOLD
 
 CONTRAST_COLUMNS = ("dwi_lesion_ratio", "adc_lesion_mean", "adc_lesion_ratio", "lesion_core_share", "core_ml")
 KEPT_COLUMNS = ("dwi_excess_kept", "core_share_kept")

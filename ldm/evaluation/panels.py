@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ldm.data.intensity_window import IntensityWindow
+from ldm.data.transforms.intensity_window import IntensityWindow
 from ldm.evaluation.intensity import to_unit_range
 from ldm.evaluation.volumes import MODALITIES, GroundTruth, load_ground_truth, predicted_map, prediction_files
 from ldm.io import atomic_path

@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ldm.data.intensity_window import IntensityWindow, WindowError
+from ldm.data.transforms.intensity_window import IntensityWindow, WindowError
 from ldm.evaluation.volumes import EvaluationInputError
 
 RECONSTRUCTION_NAME = "VQGAN reconstruction"

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ldm.data.intensity_window import IntensityWindow
+from ldm.data.transforms.intensity_window import IntensityWindow
 from ldm.evaluation import metrics
 from ldm.evaluation.intensity import to_unit_range
 from ldm.evaluation.ms_ssim import ScaleSet

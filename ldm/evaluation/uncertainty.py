@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from ldm.data.intensity_window import IntensityWindow
+from ldm.data.transforms.intensity_window import IntensityWindow
 from ldm.evaluation.volumes import (
     MODALITIES,
     EvaluationInputError,

@@ -1,7 +1,7 @@
 """Reading ground-truth and predicted NIfTI volumes for evaluation, with their checks.
 
 Ground truth is the raw cohort of docs/data.md: ``<gt>/<patient_id>/{dwi,adc,mask,lesion,ctp}.nii.gz``,
-read by preprocessing's loader (ldm/data/validation.py), so that a patient is scored on what
+read by preprocessing's loader (ldm/data/ingest/validation.py), so that a patient is scored on what
 preprocessing made of it: masks ``> 0.5``, the lesion inside the brain, the ADC in 10^-6 mm^2/s and
 the CTP in HU (corrected, or refused, with the same line), the brain mask derived from the CTP when
 ``mask.nii.gz`` is absent, and a CTP on its own grid resampled onto the DWI's (for the slice rule).
@@ -20,11 +20,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ldm.data import plausibility
-from ldm.data.harmonisation import harmonise
+from ldm.data.ingest import plausibility
+from ldm.data.ingest.harmonisation import harmonise
 from ldm.data.record import MODALITIES
-from ldm.data.slice_selection import select_slices
-from ldm.data.validation import PatientError, load_patient, with_brain_mask
+from ldm.data.transforms.slice_selection import select_slices
+from ldm.data.ingest.validation import PatientError, load_patient, with_brain_mask
 
 AFFINE_TOLERANCE_MM = 1e-3  # NIfTI stores affines in float32: allow its rounding, nothing more
 _SAMPLE_NAME = re.compile(r"^(dwi|adc)_sample_(\d+)\.nii(\.gz)?$")
@@ -66,7 +66,7 @@ class GroundTruth:
         return self._ctp_summary
 
     def scored_slices(self, rule: str = "reference") -> np.ndarray:
-        """The axial slices preprocessing keeps under ``rule`` (ldm/data/slice_selection.py), i.e. the
+        """The axial slices preprocessing keeps under ``rule`` (ldm/data/transforms/slice_selection.py), i.e. the
         slices that were synthesised: with "reference", DWI, ADC and (when the folder has it) the CTP
         each with signal in the brain; with "brain", every slice with brain."""
         return select_slices(self.mask, rule, dwi=self.dwi, adc=self.adc, ctp=self.ctp)

@@ -4,7 +4,7 @@
     STUDY_SEEDS=2 STUDY_SCALE=0.2 make study            # a quick run (underpowered: a check, not an answer)
     STUDY_SCALE=20 STUDY_ACCELERATOR=gpu make study     # a GPU, every stage 20x longer (not measured)
 
-One synthetic cohort (``ldm/data/synthetic.py``, ``scripts/preprocessing.sh``), then per training
+One synthetic cohort (``python -m ldm.data.synthetic``, ``scripts/preprocessing.sh``), then per training
 seed s = 0, 1, ...: the VQGAN (configs/demo/vqgan.yaml), the cLDM (configs/demo/ldm.yaml) and,
 from that cLDM's checkpoint with the same steps, data, augmentation and seed s, three stage-3 runs
 (configs/demo/ldm_lapt.yaml): the control "cLDM (continued)" (lambda_image = lambda_lesion = 0),
@@ -234,7 +234,7 @@ class Study:
             f"synthetic cohort ({s.n_train}/{s.n_val}/{s.n_test} patients, {s.slices} slices)",
             s.out / "records" / "cohort.json",
             {"n_train": s.n_train, "n_val": s.n_val, "n_test": s.n_test, "slices": s.slices, "seed": s.cohort_seed},
-            command=[self.py, script("ldm/data/synthetic.py"), "--out", layout.raw, "--size", "demo", "--seed",
+            command=[self.py, script("ldm/data/synthetic"), "--out", layout.raw, "--size", "demo", "--seed",
                      s.cohort_seed, "--slices", s.slices, "--n_train", s.n_train, "--n_val", s.n_val,
                      "--n_test", s.n_test],
             outputs=[layout.raw / "cohort.json"]))

@@ -2,7 +2,7 @@
 
 A raw cohort (``<root>/<patient_id>/ctp.nii.gz`` ...) is preprocessed into a temporary folder
 with the in-plane size, voxel spacing and CTP frame count the model was trained at (the run's
-data_contract.json, ldm/data/contract.py), and removed afterwards; the index it writes records each
+data_contract.json, ldm/data/preprocessing/contract.py), and removed afterwards; the index it writes records each
 patient's source geometry, so the outputs land in source space.
 """
 from __future__ import annotations
@@ -109,7 +109,7 @@ def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference:
     if size is None:
         raise ConfigError(f"--data {str(data)!r} is a raw cohort: give --size H W (the model's input size could "
                           f"not be read from the config)")
-    from ldm.data.preprocessing import preprocess_cohort
+    from ldm.data.preprocessing.pipeline import preprocess_cohort
 
     with tempfile.TemporaryDirectory(prefix="sample_ldm_") as tmp:
         source = data
@@ -121,7 +121,7 @@ def preprocessed_data(data: str | Path, size: tuple[int, int] | None, reference:
             source.mkdir()
             for pid in patients:
                 (source / pid).symlink_to((data / pid).resolve(), target_is_directory=True)
-        from ldm.data.resampling import format_spacing
+        from ldm.data.transforms.resampling import format_spacing
 
         print(f"preprocessing the raw cohort {data} at {size[0]} x {size[1]}, {format_spacing(spacing)}, "
               f"{n_timepoints} CTP frames into a temporary folder")

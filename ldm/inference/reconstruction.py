@@ -41,7 +41,7 @@ def reconstruct_cohort(model: torch.nn.Module, data_root: str | Path, outdir: st
                        records: dict[str, PatientRecord], *, batch_size: int = 32,
                        patients: Sequence[str] | None = None, progress: bool = True) -> SamplingReport:
     """Write D(E(x)) of every patient with MRI in ``records`` (``load_index(data_root)``)."""
-    from ldm.data.ctpdwi import MRISlices
+    from ldm.data.training.datasets import MRISlices
 
     if batch_size < 1:
         raise ConfigError(f"--batch_size must be at least 1, got {batch_size}")

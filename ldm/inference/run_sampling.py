@@ -115,7 +115,7 @@ def _sample_run(opt: argparse.Namespace, overrides: list[str], held: contextlib.
     import torch
 
     from ldm.config import parse_overrides
-    from ldm.data.contract import DataContract, check_split, load_run_contract
+    from ldm.data.preprocessing.contract import DataContract, check_split, load_run_contract
     from ldm.data.record import INDEX_FILE, REFERENCE_FILE, load_index
     from ldm.inference.data_source import (configured_data_root, is_raw_cohort, load_cohort_reference,
                                            model_input_size, model_timepoints, preprocessed_data, reference_source)

@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from ldm.data.record import PatientRecord
-from ldm.data.volume import place_slices
+from ldm.data.preprocessing.reassembly import place_slices
 from ldm.evaluation.clinical import ADC_CORE_THRESHOLD, cluster_voxels, segment_core, voxel_volume_ml
 from ldm.evaluation.tables import write_csv
 from ldm.evaluation.volumes import AFFINE_TOLERANCE_MM

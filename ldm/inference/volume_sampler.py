@@ -61,7 +61,7 @@ class SamplingReport:
 
 def load_patient_slices(data_root: str | Path, patient_id: str, record: PatientRecord) -> PatientSlices:
     """All kept slices of one patient from the preprocessed split, in the record's slice order."""
-    from ldm.data.ctpdwi import CTPMRISlices
+    from ldm.data.training.datasets import CTPMRISlices
 
     dataset = CTPMRISlices(str(data_root), augment=False, patients=[patient_id])
     items = [dataset[i] for i in range(len(dataset))]
@@ -79,7 +79,7 @@ def write_sample(outdir: str | Path, record: PatientRecord, k: int, images: np.n
 
     ``reference`` (a CohortReference) gives the intensity scale of a CTP-only patient.
     """
-    from ldm.data.volume import output_range, slices_to_volume, volume_to_nifti
+    from ldm.data.preprocessing.reassembly import output_range, slices_to_volume, volume_to_nifti
 
     paths = []
     for modality, channel in MODALITY_CHANNELS.items():
@@ -120,7 +120,7 @@ def sample_cohort(sampler: Callable, data_root: str | Path, outdir: str | Path, 
 
     ``sampler(ctp, noise)`` is a slice sampler (ldm.inference.slice_sampler); every noise it
     draws (x_T, per-step noise) comes from ``noise``, per slice. ``reference`` gives CTP-only patients their intensity scale (see
-    ldm.data.volume.slices_to_volume).
+    ldm.data.preprocessing.reassembly.slices_to_volume).
     """
     if n_samples < 1 or batch_size < 1:
         raise ConfigError(f"--n_samples and --batch_size must be at least 1, got {n_samples} and {batch_size}")

@@ -97,10 +97,12 @@ def main(args: list[str]) -> int:
         log.write(" ".join(args) + "\n")
     if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in " ".join(args):
         return 3
+    if args[0] == "-m":  # python -m ldm.data.preprocessing ...: the package's name, as a folder path would give it
+        args = [args[1].replace(".", "/"), *args[2:]]
     program = Path(args[0]).name
-    if program == "synthetic.py":
+    if program == "synthetic":
         _cohort(args)
-    elif program == "preprocessing.py":
+    elif program == "preprocessing":
         out = Path(_option(args, "--output_dir"))
         out.mkdir(parents=True, exist_ok=True)
         patients = sorted(p.name for p in Path(_option(args, "--input_dir")).iterdir() if p.is_dir())

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ldm.data.synthetic import SyntheticPatient, generate_patient, write_patient
+from ldm.data.synthetic.cohort import SyntheticPatient, generate_patient, write_patient
 
 SIZE = (64, 64)
 N_SLICES = 4

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldm.data.preprocessing import preprocess_cohort
+from ldm.data.preprocessing.pipeline import preprocess_cohort
 from ldm.data.record import load_index, load_reference
 from ldm.inference.volume_sampler import sample_cohort
 

@@ -35,10 +35,10 @@ def tiny_config(data_root: Path) -> dict:
                     "n_stages": 2, "in_channels": 15, "out_channels": 15, "bias": False}},
             },
         },
-        "data": {"target": "ldm.data.datamodule.DataModuleFromConfig", "params": {
+        "data": {"target": "ldm.data.training.datamodule.DataModuleFromConfig", "params": {
             "batch_size": 2, "num_workers": 0,
-            "train": {"target": "ldm.data.ctpdwi.CTPMRISlices", "params": {"data_root": str(data_root)}},
-            "test": {"target": "ldm.data.ctpdwi.CTPMRISlices", "params": {"data_root": str(data_root)}}}},
+            "train": {"target": "ldm.data.training.datasets.CTPMRISlices", "params": {"data_root": str(data_root)}},
+            "test": {"target": "ldm.data.training.datasets.CTPMRISlices", "params": {"data_root": str(data_root)}}}},
     }
 
 

@@ -121,7 +121,7 @@ class VQLPIPSWithDiscriminator(nn.Module):
             return 1.0
         if lesion is None:
             raise ValueError("lossconfig lesion_weight > 0 needs the lesion mask in the batch (key 'lesion', "
-                             "which ldm.data.ctpdwi.MRISlices yields)")
+                             "which ldm.data.training.datasets.MRISlices yields)")
         if lesion.dim() != 4 or lesion.shape[1] != 1 or lesion.shape[-2:] != like.shape[-2:]:
             raise ValueError(f"lesion mask must be (B, 1, H, W) like the images {tuple(like.shape)}, "
                              f"got {tuple(lesion.shape)}")

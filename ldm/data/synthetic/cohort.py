@@ -23,15 +23,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-if __package__ in (None, ""):  # run as a file path: make the repository importable
-    sys.path[0] = str(Path(__file__).resolve().parents[2])
-
-from ldm.data.anatomy import build_anatomy, default_n_slices, inplane_voxel_mm
-from ldm.data.lesion_model import lesion_fields, sample_lesions, stratified_quantiles
-from ldm.data.mri_signal import synthesize_dwi_adc
-from ldm.data.perfusion import acquisition_times, synthesize_ctp
+from ldm.data.synthetic.anatomy import build_anatomy, default_n_slices, inplane_voxel_mm
+from ldm.data.synthetic.lesion import lesion_fields, sample_lesions, stratified_quantiles
+from ldm.data.synthetic.mri_signal import synthesize_dwi_adc
+from ldm.data.synthetic.perfusion import acquisition_times, synthesize_ctp
 from ldm.data.record import MASKS, MODALITIES
-from ldm.data.vessels import ARTERIES, VEINS, vessel_fraction
+from ldm.data.synthetic.vessels import ARTERIES, VEINS, vessel_fraction
 from ldm.io import atomic_save_nifti, atomic_write_json
 
 SIZES = {"paper": (192, 224), "demo": (64, 64)}

@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ldm.data.normalization import from_model_range, unit_to_physical
+from ldm.data.transforms.normalization import from_model_range, unit_to_physical
 from ldm.data.record import MODALITIES, CohortReference, PatientRecord, load_reference
 
 DESCRIPTIONS = {"dwi": "DWI b=1000", "adc": "ADC 1e-6 mm2/s", "ctp": "CT perfusion (HU)",
@@ -51,7 +51,7 @@ def to_source_grid(volume: np.ndarray, record: PatientRecord, mask: bool = False
     resampled, else trilinear (``mask=True``: fraction > 0.5) resampling back."""
     if not record.resampled:
         return volume
-    from ldm.data.resampling import Grid, resample
+    from ldm.data.transforms.resampling import Grid, resample
 
     out = resample(volume, record.model_affine, Grid(tuple(record.source_shape), record.affine), mask=mask)
     return out if mask else out.astype(np.float32, copy=False)

@@ -10,7 +10,7 @@ R (S p + t)); so does :func:`affine_theta`. One sampling grid (``F.affine_grid``
 ``F.grid_sample``) serves all maps of a slice, so masks stay binary and aligned with the images.
 
 It runs before the intensity clipping, as in the reference: preprocessing stores the maps scaled
-but unclipped (``ldm/data/preprocessing.py``), and the datasets clip, mask and map to [-1, 1]
+but unclipped (``ldm/data/preprocessing/pipeline.py``), and the datasets clip, mask and map to [-1, 1]
 after warping (docs/data.md).
 """
 from __future__ import annotations

@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ldm.data.record import MASKS, MODALITIES
-from ldm.data.resampling import Grid, affine_zooms, coverage, resample, target_grid
-from ldm.data.timepoints import FrameTimes, resample_frames
-from ldm.data.validation import PatientError, PatientVolumes
+from ldm.data.transforms.resampling import Grid, affine_zooms, coverage, resample, target_grid
+from ldm.data.transforms.timepoints import FrameTimes, resample_frames
+from ldm.data.ingest.validation import PatientError, PatientVolumes
 
 MIN_BRAIN_COVERAGE = 0.5  # a CTP that covers less of the brain is not registered to the DWI
 

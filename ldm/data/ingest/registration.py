@@ -211,8 +211,8 @@ def register_ctp(ctp: np.ndarray, ctp_affine: np.ndarray, dwi: np.ndarray, dwi_a
     are carried along onto the DWI grid."""
     import SimpleITK as sitk
 
-    from ldm.data.brain_mask import SOFT_TISSUE_HU, brain_mask_from_statistics, is_skull_stripped
-    from ldm.data.resampling import Grid, resample, target_grid
+    from ldm.data.transforms.brain_mask import SOFT_TISSUE_HU, brain_mask_from_statistics, is_skull_stripped
+    from ldm.data.transforms.resampling import Grid, resample, target_grid
 
     start = time.perf_counter()
     stages: dict[str, float] = {}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtri
 
-from ldm.data.anatomy import rotation_matrix
+from ldm.data.synthetic.anatomy import rotation_matrix
 
 # name: (centre in the left hemisphere, MNI mm; jitter sd, mm; probability)
 TERRITORIES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], float]] = {

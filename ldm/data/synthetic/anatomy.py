@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ldm.data.mni_template import BRAIN_CENTRE_MM, BRAIN_EXTENT_MM, load_template
+from ldm.data.synthetic.mni_template import BRAIN_CENTRE_MM, BRAIN_EXTENT_MM, load_template
 
 SLICE_THICKNESS_MM = 5.0
 # Fraction of the field of view the template brain may fill, leaving room for head variation.

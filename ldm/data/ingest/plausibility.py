@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ldm.data.brain_mask import SOFT_TISSUE_HU
+from ldm.data.transforms.brain_mask import SOFT_TISSUE_HU
 
 ADC_MEDIAN_RANGE = (300.0, 2500.0)  # brain median, 10^-6 mm^2/s
 # unit name, factor to 10^-6 mm^2/s; checked in this order

@@ -1,7 +1,7 @@
 """NIfTI cohort -> memory-mappable NPY slices plus a JSON index (the reference release's step 0).
 
-    python ldm/data/preprocessing.py --input_dir data/raw/train --output_dir data/npy/train
-    python ldm/data/preprocessing.py --input_dir data/raw/val --output_dir data/npy/val \\
+    python -m ldm.data.preprocessing --input_dir data/raw/train --output_dir data/npy/train
+    python -m ldm.data.preprocessing --input_dir data/raw/val --output_dir data/npy/val \\
         --reference data/npy/train [--spacing 1 1 5] [--timepoints 15]
 
 Per patient (``<input_dir>/<patient_id>/``, see validation.py): validate; resample every map to
@@ -43,19 +43,16 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a file path (as in the reference README): make the repo importable
-    sys.path[0] = str(Path(__file__).resolve().parents[2])
-
-from ldm.data.cropping import InPlaneWindow, brain_window
-from ldm.data.harmonisation import Harmonisation, harmonise
-from ldm.data.intensity_window import WINDOWS, IntensityWindow
-from ldm.data.normalization import CTP_RANGE_HU, scale_to_unit
-from ldm.data.slice_selection import SLICE_RULES, select_slices
+from ldm.data.transforms.cropping import InPlaneWindow, brain_window
+from ldm.data.ingest.harmonisation import Harmonisation, harmonise
+from ldm.data.transforms.intensity_window import WINDOWS, IntensityWindow
+from ldm.data.transforms.normalization import CTP_RANGE_HU, scale_to_unit
+from ldm.data.transforms.slice_selection import SLICE_RULES, select_slices
 from ldm.data.record import (INDEX_FILE, INDEX_VERSION, RECORD_FILE, REFERENCE_FILE, CohortReference,
                              PatientRecord, load_reference)
-from ldm.data.resampling import PAPER_SPACING, SPACING_TOLERANCE, at_spacing, check_spacing, format_spacing
-from ldm.data.validation import PatientError, PatientVolumes, load_patient, with_brain_mask
-from ldm.data.cohort_report import cohort_rows, summary_line, write_cohort_report
+from ldm.data.transforms.resampling import PAPER_SPACING, SPACING_TOLERANCE, at_spacing, check_spacing, format_spacing
+from ldm.data.ingest.validation import PatientError, PatientVolumes, load_patient, with_brain_mask
+from ldm.data.ingest.cohort_report import cohort_rows, summary_line, write_cohort_report
 from ldm.folder_lock import FolderBusy, folder_lock
 from ldm.io import atomic_write_json, remove_stale_staging, staged_folder
 

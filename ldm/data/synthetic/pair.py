@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ldm.data.anatomy import rotation_matrix
-from ldm.data.head import add_skull
-from ldm.data.lesion_model import lesion_fields, sample_lesion
-from ldm.data.mni_template import BRAIN_CENTRE_MM, load_template
-from ldm.data.mri_signal import synthesize_dwi_adc
-from ldm.data.perfusion import acquisition_times, synthesize_ctp
+from ldm.data.synthetic.anatomy import rotation_matrix
+from ldm.data.synthetic.skull import add_skull
+from ldm.data.synthetic.lesion import lesion_fields, sample_lesion
+from ldm.data.synthetic.mni_template import BRAIN_CENTRE_MM, load_template
+from ldm.data.synthetic.mri_signal import synthesize_dwi_adc
+from ldm.data.synthetic.perfusion import acquisition_times, synthesize_ctp
 
 
 @dataclass

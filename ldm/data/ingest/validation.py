@@ -8,12 +8,12 @@ clinical case, no MRI yet); each as ``.nii.gz`` or ``.nii``. Every problem is a
 DWI, ADC, lesion and brain mask come from one MRI study and must share the DWI's grid (shape and
 affine); a CTP-only patient's mask must share the CTP's. The CTP may come on its own grid (it is
 resampled onto the DWI's by preprocessing) and with more frames than the model takes (resampled in
-time, ldm/data/timepoints.py), never with fewer.
+time, ldm/data/transforms/timepoints.py), never with fewer.
 
 This is the one reading of a raw patient (docs/data.md, "Plausibility checks"): preprocessing, the
 ISLES'24 import, CTP-only inference (through preprocessing) and evaluation all read maps here. A
 mask (brain or lesion) is ``> 0.5``; one that is not binary is thresholded and said so once. The
-maps are checked for what they claim (ldm/data/plausibility.py): an ADC in 10^-3 mm^2/s or mm^2/s
+maps are checked for what they claim (ldm/data/ingest/plausibility.py): an ADC in 10^-3 mm^2/s or mm^2/s
 is converted, a CTP stored without its rescale intercept is corrected, each with one line in
 ``notes`` and an entry in ``checks["corrections"]``; a DWI/ADC pair that looks swapped and anything
 else implausible is a PatientError. Lesion voxels outside a given brain mask are dropped (said so);
@@ -27,11 +27,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ldm.data import plausibility
-from ldm.data.brain_mask import derive_brain_mask
+from ldm.data.ingest import plausibility
+from ldm.data.transforms.brain_mask import derive_brain_mask
 from ldm.data.record import MASKS, MODALITIES
-from ldm.data.resampling import AFFINE_TOLERANCE_MM, Grid, affine_zooms, resample
-from ldm.data.timepoints import FrameTimes, read_frame_times
+from ldm.data.transforms.resampling import AFFINE_TOLERANCE_MM, Grid, affine_zooms, resample
+from ldm.data.transforms.timepoints import FrameTimes, read_frame_times
 
 MRI_MAPS = (*MODALITIES, "lesion")
 MASK_THRESHOLD = 0.5  # a brain or lesion mask is value > 0.5, wherever it is read
@@ -265,7 +265,7 @@ def check_diffusion(who: str, files: dict[str, str], dwi: np.ndarray, adc: np.nd
                     ctp: plausibility.CtpSummary | None) -> tuple[np.ndarray, dict, list[str]]:
     """The DWI/ADC checks (DWI signal, the pair not swapped, the ADC's unit) inside ``brain``, CSF
     found on ``ctp`` (on the same grid): (the ADC in 10^-6 mm^2/s, the measurements for
-    ``checks``, the note of a conversion). Raises :class:`~ldm.data.plausibility.ImplausibleMap`."""
+    ``checks``, the note of a conversion). Raises :class:`~ldm.data.ingest.plausibility.ImplausibleMap`."""
     checks: dict = {"dwi_median": round(plausibility.check_dwi_signal(who, files["dwi"], dwi, brain), 4)}
     contrast = plausibility.check_diffusion_pair(who, (files["dwi"], files["adc"]), dwi, adc, brain, ctp)
     checks["dwi_adc_contrast"] = contrast.to_json()
@@ -283,7 +283,7 @@ def check_maps(volumes: PatientVolumes, files: dict[str, str] | None = None) -> 
     in HU (an offset of 1024 corrected), a brain region (the mask, else derived from the CTP), the
     DWI's signal, the DWI/ADC pair (a swap refused), the ADC's unit (converted), the CTP's coverage of
     the mask (said when incomplete) and the lesion inside the brain. Raises
-    :class:`~ldm.data.plausibility.ImplausibleMap` or :class:`PatientError`; ``files`` names the files
+    :class:`~ldm.data.ingest.plausibility.ImplausibleMap` or :class:`PatientError`; ``files`` names the files
     read ({map: file name}, default ``<map>.nii.gz``)."""
     pid = volumes.patient_id
     who = f"patient {pid}"

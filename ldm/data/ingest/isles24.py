@@ -20,7 +20,7 @@ Per subject: the CTP is resampled in time to the model's frame count (timepoints
 sidecar JSON or the header, else uniform), every map onto the DWI's grid at the target spacing
 (resampling.py: images linear, the lesion by fraction > 0.5), a brain mask is derived from the CTP
 (brain_mask.py: ISLES'24 CTP is not skull-stripped) and the CTP is skull-stripped with it, as the
-paper's. Every map is read and checked as the patient loader does (ldm/data/validation.py and
+paper's. Every map is read and checked as the patient loader does (ldm/data/ingest/validation.py and
 plausibility.py, docs/data.md): a CTP stored without its rescale intercept is corrected, an ADC in
 10^-3 mm^2/s or mm^2/s converted, each said in one line (and in the manifest); a swapped DWI/ADC pair
 or an implausible map skips the subject by name. The split is seeded and patient-level over the
@@ -45,10 +45,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ldm.data import plausibility
-from ldm.data.resampling import PAPER_SPACING, Grid, affine_zooms, resample, target_grid
-from ldm.data.timepoints import read_frame_times, resample_frames
-from ldm.data.validation import PatientError, binary_mask, brain_from_ctp, check_diffusion, read_map, thresholded_note
+from ldm.data.ingest import plausibility
+from ldm.data.transforms.resampling import PAPER_SPACING, Grid, affine_zooms, resample, target_grid
+from ldm.data.transforms.timepoints import read_frame_times, resample_frames
+from ldm.data.ingest.validation import PatientError, binary_mask, brain_from_ctp, check_diffusion, read_map, thresholded_note
 from ldm.io import atomic_write_json, remove_stale_staging, staged_folder
 
 # map: (session folders, file suffix after "<subject>_<session>_")

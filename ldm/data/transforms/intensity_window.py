@@ -15,7 +15,7 @@ evaluation):
   falls below a small bright lesion and the bottom of the ADC window above the core.
 
 Either way the result is the (lo, hi) of the linear map ``u = (clip(x, lo, hi) - lo) / (hi - lo)``
-(ldm/data/normalization.py), recorded per patient as ``dwi_range`` / ``adc_range``.
+(ldm/data/transforms/normalization.py), recorded per patient as ``dwi_range`` / ``adc_range``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ldm.data.normalization import PERCENTILES, percentile_range
+from ldm.data.transforms.normalization import PERCENTILES, percentile_range
 
 WINDOWS = ("lesion", "reference_percentile")
 DEFAULT_WINDOW = "lesion"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.data.intensity_window import IntensityWindow
+from ldm.data.transforms.intensity_window import IntensityWindow
 from ldm.data.record import INDEX_FILE, INDEX_VERSION, REFERENCE_FILE, CohortReference, index_settings, load_reference
-from ldm.data.resampling import SPACING_TOLERANCE, at_spacing, format_spacing
+from ldm.data.transforms.resampling import SPACING_TOLERANCE, at_spacing, format_spacing
 from ldm.io import atomic_write_json
 
 CONTRACT_FILE = "data_contract.json"
