@@ -7,7 +7,7 @@ import torch
 
 from ldm.models.diffusion.bbdm import (OBJECTIVES, bridge_marginal, objective_target,
                                        predict_start_from_objective)
-from ldm.models.diffusion.bridge_schedule import make_bridge_schedule, posterior_variance
+from ldm.modules.diffusionmodules.bridge_schedule import make_bridge_schedule, posterior_variance
 
 
 def _coef(values: np.ndarray, t: int) -> torch.Tensor:

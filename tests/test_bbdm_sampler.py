@@ -7,7 +7,7 @@ import torch
 
 from ldm.models.diffusion.bbdm import predict_start_from_objective
 from ldm.samplers.bridge import BridgeSampler, bridge_step, make_bridge_timesteps
-from ldm.models.diffusion.bridge_schedule import make_bridge_schedule
+from ldm.modules.diffusionmodules.bridge_schedule import make_bridge_schedule
 
 
 def test_skipped_timesteps_run_from_T_to_1():

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ldm.models.diffusion.bridge_schedule import posterior_variance
+from ldm.modules.diffusionmodules.bridge_schedule import posterior_variance
 
 
 class BridgeModel(Protocol):

@@ -1,6 +1,6 @@
 """The latent Brownian bridge diffusion model (BBDM, Li et al., CVPR 2023), conditional variant (cBBDM).
 
-Bridge math (BBDM Sec. 3.1), with the schedule of :mod:`ldm.models.diffusion.bridge_schedule`:
+Bridge math (BBDM Sec. 3.1), with the schedule of :mod:`ldm.modules.diffusionmodules.bridge_schedule`:
 
     x_t = (1 - m_t) x_0 + m_t y + sqrt(delta_t) eps                                    (BBDM Eq. 3)
 
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldm.models.diffusion.bridge_schedule import make_bridge_schedule
-from ldm.models.diffusion.ddpm import LatentDiffusion
+from ldm.modules.diffusionmodules.bridge_schedule import make_bridge_schedule
+from ldm.models.diffusion.latent_diffusion import LatentDiffusion
 from ldm.modules.diffusionmodules.util import extract_into_tensor
 from ldm.util import ConfigError, default, instantiate_from_config
 
@@ -84,7 +84,7 @@ class LatentBrownianBridge(LatentDiffusion):
     3 + 15); ``concat_condition: false`` gives the plain BBDM denoiser (in_channels = 3).
 
     Timesteps run over t = 1..T (t = 0 is the data itself, see
-    :mod:`ldm.models.diffusion.bridge_schedule`); the UNet sees t.
+    :mod:`ldm.modules.diffusionmodules.bridge_schedule`); the UNet sees t.
     """
 
     def __init__(self, first_stage_config: Mapping, cond_stage_config: Mapping, unet_config: Mapping,

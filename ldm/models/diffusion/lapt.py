@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ldm.models.diffusion.ddpm import LatentDiffusion
+from ldm.models.diffusion.latent_diffusion import LatentDiffusion
 from ldm.models.diffusion.post_training import INIT_WEIGHTS, LesionAwarePostTraining
 from ldm.modules.diffusionmodules.util import zero_mean_per_channel
 

@@ -24,7 +24,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from ldm.data.record import MODALITIES
-from ldm.models.diffusion.ddpm import DDPM
+from ldm.models.diffusion.gaussian_diffusion import DDPM
 from ldm.models.diffusion.image_space_loss import ImageSpaceObjective, combine_objectives
 from ldm.modules.ema import EMA_PREFIX
 from ldm.util import ConfigError, accepted_keywords, default
