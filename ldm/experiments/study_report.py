@@ -21,7 +21,7 @@ from ldm.evaluation.run_evaluation import RECONSTRUCTION_NAME
 from ldm.evaluation.tables import MISSING, write_csv
 from ldm.experiments.runner import ExperimentError
 from ldm.experiments.statistics import PooledDifference, means_by, pooled_difference
-from ldm.experiments.study import CLDM, CONTROL, TARGETS, TARGET_RELATIVE_MDE, StudySettings
+from ldm.experiments.study_design import CLDM, CONTROL, TARGETS, TARGET_RELATIVE_MDE, StudySettings
 from ldm.io import atomic_write_text
 
 MAPS = ("dwi", "adc")

@@ -1,0 +1,154 @@
+"""The study's design: its arms, knobs, power plan and time budget (the stages are :mod:`.study`).
+
+**Power.** The primary outcome is the lesion MAE (DWI and ADC), cLDM-PT minus control per patient
+(each patient's mean over the seeds). The design must detect 10% of the control's lesion MAE at
+80% power, two-sided alpha 0.05 (``statistics.py``: MDE = 2.802 sd_diff / sqrt(n)). Planning value
+of sd_diff: 14% of the control's lesion MAE, the larger of the relative SDs of the per-patient
+differences that README's demo intervals imply (3 lesion patients, one seed per run; SD = interval
+half-width / 1.96 x sqrt(3): 0.012 against a control of 0.087, ADC, seed 0, and 0.024 against
+0.184, DWI with DPM-Solver++-20, seed 0); one seed's SD overstates that of a mean over seeds, so
+the plan is conservative. Needed: ceil((2.802 x 0.14 / 0.10)^2) = 16 lesion patients.
+The generator draws lesion volumes stratified per split with 25% of patients lesion-free (one
+quantile per bin of 1/n, the first quarter lesion-free): 24 test patients give exactly 18 lesion
+patients, a planned MDE of 2.802 x 0.14 / sqrt(18) = 9.2% of the control. The report gives the
+MDE reached with the study's own sd_diff.
+
+**Budget** at the defaults (3 seeds; 16 / 3 / 24 patients of 32 slices; VQGAN 800, cLDM 1000,
+stage 3 200 steps), from rates measured on the project's 2-core CPU when quiet (VQGAN 800 steps
+~5 min, cLDM 1000 ~4 min, a 200-step stage-3 run ~1.5 min, DPM-Solver++-20 sampling ~25 s per 300
+slices, evaluation ~20 s per 10 patients x 5 runs; :func:`estimate_minutes`):
+cohort and preprocessing ~0.5 min; training 3 x (5 + 4 + 3 x 1.5) = 40.5 min; sampling
+3 seeds x 4 models x 768 slices x 25/300 s = 12.8 min; reconstructions ~0.3 min; evaluation 3 x 24
+patients x 5 runs x 0.4 s = 2.4 min: about 57 minutes of the 90 allowed (the rest is margin for a
+machine that is not quiet).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ldm.experiments.runner import ExperimentError
+from ldm.experiments.statistics import minimum_detectable_effect, patients_needed
+
+KIND = "study"
+VQGAN_CONFIG, LDM_CONFIG, PT_CONFIG = "configs/demo/vqgan.yaml", "configs/demo/ldm.yaml", "configs/demo/ldm_lapt.yaml"
+# steps per stage at STUDY_SCALE=1: those of the demo
+BASE_STEPS = {"vqgan": 800, "ldm": 1000, "pt": 200}
+WINDOW = "lesion"
+SIZE = "64 64"
+BATCH_SIZE = 32
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
+# (run name, label in the tables, stage-3 overrides); the first stage-3 run is the control
+CLDM = ("cldm", "cLDM")
+CONTROL = ("cldm_continued", "cLDM (continued)", ("model.params.lambda_image=0", "model.params.lambda_lesion=0"))
+TARGETS = {"reconstruction": ("cldm_pt", "cLDM-PT", ("model.params.image_target=reconstruction",)),
+           "input": ("cldm_pt_input", "cLDM-PT (input target)", ("model.params.image_target=input",))}
+RECONSTRUCTION = "vqgan"
+# what evaluate.py writes that the report reads
+EVALUATION_FILES = ("metrics_summary.csv", "metrics_per_patient.csv", "lesion_contrast.csv", "clinical_per_patient.csv")
+# the design (see the module docstring)
+TARGET_RELATIVE_MDE = 0.10
+PLANNING_RELATIVE_SD = 0.14
+# planning rates on the project's 2-core CPU (module docstring), per step, slice or patient-run
+RATE_MINUTES = {"vqgan": 5 / 800, "ldm": 4 / 1000, "pt": 1.5 / 200}
+SAMPLE_SECONDS_PER_SLICE = 25 / 300
+EVAL_SECONDS_PER_PATIENT_RUN = 20 / 50
+COHORT_MINUTES = 0.5
+RECONSTRUCTION_MINUTES = 0.1
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """The study's knobs (module docstring); ``python`` runs every stage."""
+
+    seeds: int = 3
+    scale: float = 1.0
+    out: Path = Path("study_output")
+    accelerator: str = "auto"
+    n_train: int = 16
+    n_val: int = 3
+    n_test: int = 24
+    slices: int = 32
+    sampler: str = "dpmsolver++"
+    sample_steps: int = 20
+    cohort_seed: int = 0
+    python: str = field(default=sys.executable, compare=False)
+
+    @property
+    def steps(self) -> dict[str, int]:
+        return {k: max(1, round(v * self.scale)) for k, v in BASE_STEPS.items()}
+
+    def identity(self) -> dict:
+        """What makes two studies the same experiment (the number of seeds does not: more extend it)."""
+        keep = ("n_train", "n_val", "n_test", "slices", "sampler", "sample_steps", "cohort_seed")
+        return {"steps": self.steps, **{k: v for k, v in asdict(self).items() if k in keep}, "window": WINDOW}
+
+
+# knob: (field, kind, low, high); kind int or float, or a tuple of the accepted words
+KNOBS: dict[str, tuple[str, object, float | None, float | None]] = {
+    "STUDY_SEEDS": ("seeds", int, 2, 20),
+    "STUDY_SCALE": ("scale", float, 0.0, 100.0),
+    "STUDY_OUT": ("out", Path, None, None),
+    "STUDY_ACCELERATOR": ("accelerator", ("auto", "cpu", "gpu"), None, None),
+    "STUDY_N_TRAIN": ("n_train", int, 2, 1000),
+    "STUDY_N_VAL": ("n_val", int, 1, 1000),
+    "STUDY_N_TEST": ("n_test", int, 2, 1000),
+    "STUDY_SLICES": ("slices", int, 4, 256),
+    "STUDY_SAMPLER": ("sampler", ("dpmsolver++", "ddim"), None, None),
+    "STUDY_SAMPLE_STEPS": ("sample_steps", int, 1, 1000),
+    "STUDY_COHORT_SEED": ("cohort_seed", int, 0, 2**31 - 1),
+}
+
+
+def settings_from_env(env: Mapping[str, str], python: str = sys.executable) -> StudySettings:
+    """The knobs set in ``env`` (the rest at their defaults); a value out of range is an
+    :class:`ExperimentError` naming the knob."""
+    values: dict = {"python": python}
+    for knob, (name, kind, low, high) in KNOBS.items():
+        text = env.get(knob)
+        if text is None or text == "":
+            continue
+        if isinstance(kind, tuple):
+            if text not in kind:
+                raise ExperimentError(f"{knob}={text!r}: expected one of {', '.join(kind)}")
+            values[name] = text
+            continue
+        if kind is Path:
+            values[name] = Path(text)
+            continue
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "a whole number" if kind is int else "a number"
+            raise ExperimentError(f"{knob}={text!r}: expected {expected}") from None
+        # the scale excludes 0 (no training); the other ranges include their ends
+        if not math.isfinite(value) or value > high or (value <= low if kind is float else value < low):
+            span = f"above {low:g} and at most {high:g}" if kind is float else f"from {low} to {high}"
+            raise ExperimentError(f"{knob}={text!r}: must be {span}")
+        values[name] = value
+    return StudySettings(**values)
+
+
+def estimate_minutes(s: StudySettings) -> dict[str, float]:
+    """CPU minutes per part of the study from the planning rates (module docstring)."""
+    steps = s.steps
+    training = s.seeds * (steps["vqgan"] * RATE_MINUTES["vqgan"] + steps["ldm"] * RATE_MINUTES["ldm"]
+                          + 3 * steps["pt"] * RATE_MINUTES["pt"])
+    models = 1 + 1 + len(TARGETS)  # cLDM, control, cLDM-PT per target
+    sampling = s.seeds * models * s.n_test * s.slices * SAMPLE_SECONDS_PER_SLICE / 60
+    evaluation = s.seeds * s.n_test * (models + 1) * EVAL_SECONDS_PER_PATIENT_RUN / 60
+    parts = {"cohort": COHORT_MINUTES, "training": training, "sampling": sampling,
+             "reconstruction": s.seeds * RECONSTRUCTION_MINUTES, "evaluation": evaluation}
+    return {**parts, "total": sum(parts.values())}
+
+
+def power_plan(n_lesion: int) -> dict[str, float | int]:
+    """The planned design: lesion patients needed, and the MDE (relative to the control's lesion MAE)
+    that ``n_lesion`` patients give at the planning SD."""
+    return {"n_lesion_patients": n_lesion, "planning_relative_sd": PLANNING_RELATIVE_SD,
+            "target_relative_mde": TARGET_RELATIVE_MDE,
+            "patients_needed": patients_needed(PLANNING_RELATIVE_SD, TARGET_RELATIVE_MDE),
+            "planned_relative_mde": minimum_detectable_effect(PLANNING_RELATIVE_SD, n_lesion) if n_lesion else math.inf}
