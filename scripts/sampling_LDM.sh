@@ -4,7 +4,7 @@
 # e.g. `bash scripts/sampling_LDM.sh --device cuda:1` or a dotlist override.
 #   RUN   run directory (logs/<timestamp>_<name>) or a checkpoint file
 #   DATA  preprocessed split, or a raw NIfTI cohort folder (preprocessed on the fly)
-#   SAMPLER  ddim (the paper's) or dpmsolver++ (default: the run's config, DDIM; README "Samplers")
+#   SAMPLER  ddim (the paper's) or dpmsolver++ (default: the run's config, DDIM; docs/results.md "Samplers")
 #   OUT   output folder (default: <RUN>/samples/<STEPS>, <RUN>/samples/<SAMPLER>_<STEPS> for DPM-Solver++)
 set -euo pipefail
 cd "$(dirname "$0")/.."

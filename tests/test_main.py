@@ -71,11 +71,11 @@ def test_resume_from_run_directory_continues_with_optimizer_state(trained_run, t
 
 
 def test_the_documented_resume_command_advances_training_and_the_bare_form_says_what_it_did(trained_run):
-    """README's resume line (``main.py -r logs/<run> -t``) trains on; ``-r`` alone (CompVis: test only)
+    """docs/training.md's resume line (``main.py -r logs/<run> -t``) trains on; ``-r`` alone (CompVis: test only)
     on a run without a test split does nothing, and says so instead of exiting 0."""
     run, _ = trained_run
-    readme = (ROOT / "README.md").read_text()
-    line = next(l for l in readme.splitlines() if l.startswith("python main.py -r logs/<run> ") and "resume" in l)
+    page = (ROOT / "docs" / "training.md").read_text()
+    line = next(l for l in page.splitlines() if l.startswith("python main.py -r logs/<run> ") and "resume" in l)
     args = line.split("#")[0].split()[2:]
     args = [str(run) if a == "logs/<run>" else a for a in args]
     step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
