@@ -2,7 +2,8 @@
 # Stage 3: lesion-aware post-training (LAPT) of the stage-2 cLDM into cLDM-PT
 # (configs/latent-diffusion/ldm_lapt.yaml; paper Section 2.2, Eqs. 5-8). The config's
 # model.params.ckpt_path must point to the stage-2 checkpoint: set it there, or with LDM_CKPT=...,
-# or as an override. INIT_WEIGHTS=raw starts from the stage-2 training weights instead of its EMA.
+# or as an override. INIT_WEIGHTS=ema starts from the stage-2 EMA weights instead of its training weights (raw,
+# the default and the reference's).
 # Extra arguments are passed on to main.py, e.g.
 #   LDM_CKPT=logs/<stage-2 run>/checkpoints/last.ckpt bash scripts/train_LDM_LAPT.sh
 #   bash scripts/train_LDM_LAPT.sh model.params.lambda_image=0.05 model.params.lambda_lesion=0.1

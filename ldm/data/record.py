@@ -6,8 +6,8 @@ Layout of a preprocessed split (``python -m ldm.data.preprocessing --output_dir 
                                     "reference", "patients": {id: record}}
     OUT/reference.json             cohort reference constants (see CohortReference)
     OUT/<patient_id>/ctp.npy       (S, T, H, W) float16, CTP in HU / 200 (unclipped)
-    OUT/<patient_id>/mri.npy       (S, 2, H, W) float16, [DWI, ADC] (negatives 0) scaled by their
-                                   percentiles, (x - lo) / (hi - lo) (unclipped)
+    OUT/<patient_id>/mri.npy       (S, 2, H, W) float16, [DWI, ADC] (negatives 0) through the
+                                   intensity window, (x - lo) / (hi - lo) (unclipped)
     OUT/<patient_id>/mask.npy      (S, H, W) uint8 brain mask
     OUT/<patient_id>/lesion.npy    (S, H, W) uint8 lesion mask
     OUT/<patient_id>/record.json   the patient's record (the index is rebuilt from these if lost)

@@ -4,8 +4,8 @@
 (each patient's mean over the seeds). The design must detect 10% of the control's lesion MAE at
 80% power, two-sided alpha 0.05 (``statistics.py``: MDE = 2.802 sd_diff / sqrt(n)). Planning value
 of sd_diff: 14% of the control's lesion MAE, the larger of the relative SDs of the per-patient
-differences that README's demo intervals imply (3 lesion patients, one seed per run; SD = interval
-half-width / 1.96 x sqrt(3): 0.012 against a control of 0.087, ADC, seed 0, and 0.024 against
+differences that an earlier demo's intervals implied (3 lesion patients, one seed per run; SD =
+interval half-width / 1.96 x sqrt(3): 0.012 against a control of 0.087, ADC, seed 0, and 0.024 against
 0.184, DWI with DPM-Solver++-20, seed 0); one seed's SD overstates that of a mean over seeds, so
 the plan is conservative. Needed: ceil((2.802 x 0.14 / 0.10)^2) = 16 lesion patients.
 The generator draws lesion volumes stratified per split with 25% of patients lesion-free (one
