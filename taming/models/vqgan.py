@@ -25,6 +25,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from ldm.optim import adam
 from ldm.util import ConfigError, instantiate_from_config
 from taming.models.checkpoint import load_autoencoder_weights
 from taming.modules.diffusionmodules.model import Decoder, Encoder
@@ -268,8 +269,8 @@ class VQModel(pl.LightningModule):
         lr = float(self.learning_rate)
         ae_params = [*self.encoder.parameters(), *self.decoder.parameters(), *self.quantize.parameters(),
                      *self.quant_conv.parameters(), *self.post_quant_conv.parameters()]
-        opt_ae = torch.optim.Adam(ae_params, lr=lr, betas=(0.5, 0.9))
-        opt_disc = torch.optim.Adam(self.loss.discriminator.parameters(), lr=lr, betas=(0.5, 0.9))
+        opt_ae = adam(ae_params, lr=lr, betas=(0.5, 0.9))
+        opt_disc = adam(self.loss.discriminator.parameters(), lr=lr, betas=(0.5, 0.9))
         return [opt_ae, opt_disc]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

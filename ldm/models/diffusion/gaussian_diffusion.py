@@ -29,6 +29,7 @@ from ldm.models.diffusion.diffusion_wrapper import DiffusionWrapper
 from ldm.modules.diffusionmodules.schedules import make_beta_schedule
 from ldm.modules.diffusionmodules.util import extract_into_tensor, mean_flat
 from ldm.modules.ema import EMA_PREFIX, LitEma
+from ldm.optim import adam
 from ldm.samplers import make_sampler, sampler_name
 from ldm.util import ConfigError, default, instantiate_from_config, load_state_dict
 
@@ -400,15 +401,14 @@ class DDPM(pl.LightningModule):
         return params
 
     def configure_optimizers(self):
-        """AdamW over :meth:`trainable_parameters` at ``self.learning_rate``; with ``scheduler_config``
-        a per-step LambdaLR whose factor is the scheduler object's ``schedule`` (CompVis) or the
-        object itself when it is callable."""
+        """AdamW (fused where the parameters allow, :mod:`ldm.optim`) over :meth:`trainable_parameters`
+        at ``self.learning_rate``; with ``scheduler_config`` a per-step LambdaLR whose factor is the
+        scheduler object's ``schedule`` (CompVis) or the object itself when it is callable."""
         if self.learning_rate is None:
             raise ConfigError(f"{type(self).__name__}.learning_rate is not set (main.py sets it from "
                               f"model.base_learning_rate)")
         params = [p for p in self.trainable_parameters() if p.requires_grad]
-        fused = bool(params) and all(p.is_cuda for p in params)
-        opt = torch.optim.AdamW(params, lr=self.learning_rate, fused=fused or None)
+        opt = adam(params, decoupled_weight_decay=True, lr=self.learning_rate)
         if not self.use_scheduler:
             return opt
         scheduler = instantiate_from_config(self.scheduler_config)
