@@ -151,3 +151,45 @@ def test_the_demo_test_split_has_four_patients_with_two_ml_of_lesion(tmp_path):
     generate_cohort(tmp_path, 0, 0, 10, size="demo", seed=0, progress=False)
     volumes = [p["lesion_ml"] for p in json.loads((tmp_path / "cohort.json").read_text())["patients"]["test"].values()]
     assert sum(v >= 2.0 for v in volumes) >= 4 and sum(v == 0 for v in volumes) >= 2
+
+
+# sha256 of nilearn 0.14.1's nilearn/datasets/data/ files (mni152/NOTICE): the copies in the
+# repository must stay those bytes, or every synthetic cohort changes.
+NILEARN_0_14_1_SHA256 = {
+    "t1": "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6",
+    "gm": "97a5ca69bd24db37a9cb7b32525e1733a209af904129bf1cd36da06d24243bed",
+    "wm": "382d92812de4744f9c86c7a0e4f680dc317a0a50e4da1f0153618a6798c7b7db",
+}
+
+
+def test_template_files_are_nilearns_bytes_and_need_no_nilearn(monkeypatch):
+    import builtins
+
+    from ldm.data.synthetic import mni_template
+
+    folder = mni_template.template_dir()
+    for key, name in mni_template.TEMPLATE_FILES.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == NILEARN_0_14_1_SHA256[key], name
+    real_import = builtins.__import__
+
+    def no_nilearn(name, *args, **kwargs):
+        if name.split(".")[0] in ("nilearn", "pandas", "sklearn"):
+            raise ImportError(f"{name} is not a dependency")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_nilearn)
+    mni_template._raw_template.cache_clear()
+    try:
+        raw = mni_template._raw_template()
+    finally:
+        mni_template._raw_template.cache_clear()
+    assert raw.channels.shape == (4, 197, 233, 189)
+    np.testing.assert_allclose(raw.affine[:3, 3], [-98.0, -134.0, -72.0])
+
+
+def test_missing_template_file_is_named(tmp_path, monkeypatch):
+    from ldm.data.synthetic import mni_template
+
+    monkeypatch.setattr(mni_template, "TEMPLATE_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"):
+        mni_template.template_dir()

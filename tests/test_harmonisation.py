@@ -104,7 +104,7 @@ def test_separable_resampling_equals_scipy_trilinear():
                                                 order=1, mode="nearest", prefilter=False)
             expected[outside.reshape(grid.shape)] = -3.0
             np.testing.assert_allclose(out[..., t], expected, atol=1e-5)
-    # an oblique target (another orientation) goes through affine_transform; masks by fraction > 0.5
+    # an oblique target (another orientation) goes through SimpleITK; masks by fraction > 0.5
     mask = np.zeros(volume.shape[:3], bool)
     mask[5:15, 4:12, 2:7] = True
     rotated = affine.copy()
@@ -125,6 +125,78 @@ def test_separable_resampling_equals_scipy_trilinear():
             np.testing.assert_allclose(out[..., t], expected, atol=1e-5)
     assert resample(volume, affine, source) is volume  # same grid: untouched
     assert coverage(source, grid) > 0.5 and coverage(Grid((3, 3, 3), affine + _far()), grid) == 0
+
+
+def _trilinear_reference(volume, matrix, target_shape, fill):
+    """An independent trilinear resampling: scipy's map_coordinates (order 1, float64) at the mapped
+    points clipped to the outermost voxel centres (the edge value up to half a voxel beyond them),
+    and ``fill`` where a point is more than half a voxel outside the source."""
+    points = matrix[:3, :3] @ np.indices(target_shape, dtype=np.float64).reshape(3, -1) + matrix[:3, 3:]
+    n = np.asarray(volume.shape[:3], dtype=np.float64)[:, None]
+    outside = np.any((points < -0.5) | (points > n - 0.5), axis=0).reshape(target_shape)
+    clipped = np.clip(points, 0.0, n - 1.0)
+    frames = volume[..., None] if volume.ndim == 3 else volume
+    out = np.stack([ndimage.map_coordinates(frames[..., t].astype(np.float64), clipped, order=1, prefilter=False)
+                    .reshape(target_shape) for t in range(frames.shape[3])], axis=-1)
+    out[outside] = fill
+    return (out[..., 0] if volume.ndim == 3 else out), outside
+
+
+def test_oblique_resampling_equals_map_coordinates_including_the_field_of_view_edge():
+    rng = np.random.default_rng(3)
+    volume = rng.normal(size=(11, 9, 5, 3)).astype(np.float32)
+    affine = np.array([[0.9, 0.0, 0.0, -4.0], [0.0, 1.1, 0.0, 3.0], [0.0, 0.0, 4.0, -7.0], [0, 0, 0, 1]])
+
+    # 1. rotated 20 degrees about an oblique axis, coarser, shifted partly out of the source, fill -3
+    axis = np.array([0.3, -0.2, 1.0]) / np.linalg.norm([0.3, -0.2, 1.0])
+    angle = np.radians(20.0)
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+    target = np.eye(4)
+    target[:3, :3] = rotation @ np.diag([1.3, 1.2, 3.0])
+    target[:3, 3] = affine[:3, 3] + [2.0, -1.5, 1.0]
+    grid = Grid((10, 9, 7), target)
+    matrix = np.linalg.inv(affine) @ target
+    expected, outside = _trilinear_reference(volume, matrix, grid.shape, -3.0)
+    assert outside.any() and not outside.all()
+    for layout in (np.ascontiguousarray, np.asfortranarray):  # NIfTI data come F-ordered
+        out = resample(layout(volume), affine, grid, fill=-3.0)
+        assert out.shape == (*grid.shape, 3) and out.dtype == np.float32
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(resample(volume[..., 1], affine, grid, fill=-3.0), expected[..., 1], rtol=0, atol=1e-5)
+    # masks: the same interpolation of the indicator, kept where > 0.5
+    mask = volume[..., 0] > 0.3
+    indicator, _ = _trilinear_reference(mask.astype(np.float32), matrix, grid.shape, 0.0)
+    assert not np.any(np.abs(indicator - 0.5) < 1e-4)  # no tie that float rounding could flip
+    np.testing.assert_array_equal(resample(mask, affine, grid, mask=True), indicator > 0.5)
+
+    # 2. the edge of the field of view is closed: a quarter turn with half-voxel shifts puts target
+    # points exactly at index -0.5 and n - 0.5 (an affine of powers of two: exact in binary), which
+    # take the edge value, not ``fill``
+    exact = np.array([[0.5, 0.0, 0.0, -4.0], [0.0, 1.0, 0.0, 3.0], [0.0, 0.0, 4.0, -8.0], [0, 0, 0, 1]])
+    quarter = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    target = np.eye(4)
+    target[:3, :3] = exact[:3, :3] @ quarter
+    target[:3, 3] = exact[:3, :3] @ np.array([10.5, -0.5, -0.5]) + exact[:3, 3]
+    grid = Grid((10, 13, 7), target)  # one more row and slice than the source covers
+    matrix = np.linalg.inv(exact) @ target
+    points = matrix[:3, :3] @ np.indices(grid.shape, dtype=np.float64).reshape(3, -1) + matrix[:3, 3:]
+    n = np.asarray(volume.shape[:3])[:, None]
+    assert np.any(points == n - 0.5) and np.any(points == -0.5)
+    expected, outside = _trilinear_reference(volume, matrix, grid.shape, -3.0)
+    assert outside.any() and not outside.all()
+    np.testing.assert_allclose(resample(volume, exact, grid, fill=-3.0), expected, rtol=0, atol=1e-5)
+
+    # 3. a single-slice source: the one slice is the edge value within half a slice of it
+    thin = volume[:, :, 2:3, 0]
+    target = np.eye(4)
+    target[:3, :3] = exact[:3, :3] @ np.array([[0.96, -0.28, 0.0], [0.28, 0.96, 0.0], [0.0, 0.0, 0.25]])
+    target[:3, 3] = exact[:3, :3] @ np.array([1.0, -0.5, -0.5]) + exact[:3, 3]
+    grid = Grid((9, 9, 7), target)  # slices 0..6 at source z index -0.5, -0.25, ..., 1.0: 5 and 6 outside
+    matrix = np.linalg.inv(exact) @ target
+    expected, outside = _trilinear_reference(thin, matrix, grid.shape, -3.0)
+    assert outside[..., 5:].all() and not outside[..., 0].all() and not outside[..., 4].all()
+    np.testing.assert_allclose(resample(thin, exact, grid, fill=-3.0), expected, rtol=0, atol=1e-5)
 
 
 def _far():

@@ -3,7 +3,7 @@ without data: ``<out>/{train,val,test}/<patient_id>/{ctp,dwi,adc,mask,lesion}.ni
 
     python -m ldm.data.synthetic --out data/synthetic --size demo --n_train 16 --n_val 4 --n_test 4
 
-Anatomy is the MNI152 2009c template (see ``mni_template.py``) warped per patient (rotation,
+Anatomy is the MNI152 2009a template (see ``mni_template.py``) warped per patient (rotation,
 scale, shift, elastic; ``anatomy.py``) into a 1 x 1 x 5 mm grid with an oblique, off-centre
 affine (at the 64 x 64 demo size the in-plane voxel is 3.5 mm so that the brain fits; the affine
 says so). Each patient gets lesions (``lesion_model.py``), a 15-point CTP bolus (``perfusion.py``,

@@ -1,16 +1,17 @@
-"""The MNI152 2009c (symmetric, 1 mm) T1, grey- and white-matter templates shipped inside nilearn.
+"""The MNI152 2009a (nonlinear symmetric, 1 mm) T1, grey- and white-matter templates.
 
-The synthetic cohort's anatomy comes from these files. They are read straight from the installed
-nilearn wheel (``nilearn/datasets/data/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz``):
-nothing is downloaded and nilearn itself is never imported (importing it takes seconds).
+The synthetic cohort's anatomy comes from these files, kept in ``mni152/`` beside this module:
+byte-for-byte copies of the ones the nilearn 0.14.1 wheel ships
+(``nilearn/datasets/data/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz``). Copied, not
+read from an installed nilearn, because nilearn pulls pandas and scikit-learn (about 175 MB) into
+the environment for three data files; nothing is downloaded.
 
-Provenance: ICBM 2009c Nonlinear Symmetric template, McConnell Brain Imaging Centre, Montreal
-Neurological Institute (Fonov et al., NeuroImage 2011), as redistributed by nilearn. The T1 is
+Provenance and licence: ``mni152/NOTICE`` (ICBM 2009a Nonlinear Symmetric template, McConnell
+Brain Imaging Centre, Montreal Neurological Institute; Fonov et al., NeuroImage 2011). The T1 is
 skull-stripped: ``T1 > 0`` is the brain including the ventricles and sulcal CSF.
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,20 +29,16 @@ TEMPLATE_FILES = {
 BRAIN_CENTRE_MM = np.array([0.0, -17.0, 5.0])
 # Extent of that bounding box in mm: the synthetic field of view must hold it.
 BRAIN_EXTENT_MM = np.array([145.0, 181.0, 155.0])
+TEMPLATE_DIR = Path(__file__).resolve().parent / "mni152"
 
 
 def template_dir() -> Path:
-    """Folder of nilearn's bundled template files, found without importing nilearn."""
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("nilearn is not installed: the synthetic cohort reads the MNI152 "
-                                "templates that its wheel ships (pip install nilearn==0.14.1)")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
-    missing = [name for name in TEMPLATE_FILES.values() if not (folder / name).is_file()]
+    """Folder of the template files (``mni152/`` beside this module); says which file is missing."""
+    missing = [name for name in TEMPLATE_FILES.values() if not (TEMPLATE_DIR / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"the installed nilearn lacks the MNI152 template file {missing[0]} "
-                                f"in {folder}")
-    return folder
+        raise FileNotFoundError(f"the MNI152 template file {missing[0]} is missing from {TEMPLATE_DIR} "
+                                "(it is part of the repository: see mni152/NOTICE)")
+    return TEMPLATE_DIR
 
 
 @dataclass(frozen=True)

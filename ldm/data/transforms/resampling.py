@@ -12,8 +12,12 @@ the field of view get ``fill`` (0, the background of every map here).
 Between two grids of the same orientation (the usual case: spacing only) the voxel-to-voxel map is
 diagonal, so trilinear interpolation factorises into three 1-D passes (the same weights as
 ``scipy.ndimage.affine_transform(order=1)`` in a fraction of its time). Other pairs (a CTP on its
-own, oblique grid) gather the eight corners of every target point, with indices and weights
-computed once for all frames.
+own, oblique grid) go through SimpleITK's resampler (linear), frame by frame on one thread: the same
+trilinear weights, 2.3 to 2.7 times faster (paired medians) than gathering the eight corners in
+numpy, which this module did before. ITK keeps a point when its index is in [-0.5, n - 0.5),
+half-open, where this module's rule is closed; so the frame is padded by one edge voxel on every
+side (ITK then reaches the edge value everywhere this module does) and ``fill`` is set by this
+module's own rule (:func:`_inside`).
 
 A grid whose voxel size is within ``SPACING_TOLERANCE`` (relative) of the target is left as it is:
 headers round voxel sizes (an oblique 1 mm axis reads 0.995 mm), and resampling for a 1 % scale
@@ -115,51 +119,52 @@ def _axis_pass(volume: np.ndarray, axis: int, positions: np.ndarray, fill: float
     return out
 
 
-class _Gather:
-    """Trilinear interpolation at arbitrary (here: oblique) source positions of a fixed target grid.
+class _ObliqueResampler:
+    """Trilinear interpolation onto a target grid through an arbitrary (oblique) index map, by
+    SimpleITK's resampler; set up once for all frames of a series.
 
-    The same weights as ``scipy.ndimage.affine_transform(order=1)``, with the edge value up to half
-    a voxel beyond the outermost centres and ``fill`` outside the field of view.
+    Both images are given unit spacing, identity direction and zero origin, so ITK's physical
+    points are voxel indices and the transform is the index map itself (``matrix``): no RAS/LPS
+    conversion is involved. The source is padded by one edge voxel (index ``p`` becomes ``p + 1``).
     """
 
     def __init__(self, source_shape: Sequence[int], matrix: np.ndarray, target_shape: Sequence[int]) -> None:
-        n = np.asarray(source_shape[:3])
-        index = np.indices(tuple(target_shape), dtype=np.float64).reshape(3, -1)
-        points = matrix[:3, :3] @ index + matrix[:3, 3, None]
-        self.inside = np.all((points >= -0.5) & (points <= (n - 0.5)[:, None]), axis=0)
-        clipped = np.clip(points, 0.0, (n - 1.0)[:, None])
-        self.lower = np.minimum(np.floor(clipped).astype(np.intp), np.maximum(n - 2, 0)[:, None])
-        self.frac = (clipped - self.lower).astype(np.float32)
-        self.step = (n > 1).astype(np.intp)  # no upper neighbour on a single-voxel axis
+        import SimpleITK as sitk
+
+        n = tuple(int(v) for v in source_shape[:3])
         self.shape = tuple(int(v) for v in target_shape)
-        self.source_shape = tuple(int(v) for v in n)
-        self._layout: tuple | None = None
-        self._corners: list[tuple[np.ndarray, np.ndarray]] = []
+        self.outside = ~_inside(n, matrix, self.shape)
+        transform = sitk.AffineTransform(3)
+        transform.SetMatrix([float(v) for v in np.asarray(matrix, dtype=np.float64)[:3, :3].ravel()])
+        transform.SetTranslation([float(v) + 1.0 for v in np.asarray(matrix, dtype=np.float64)[:3, 3]])
+        self.filter = sitk.ResampleImageFilter()
+        self.filter.SetSize(list(self.shape))
+        self.filter.SetTransform(transform)
+        self.filter.SetInterpolator(sitk.sitkLinear)
+        self.filter.SetOutputPixelType(sitk.sitkFloat32)
+        # one thread: preprocessing runs one patient per core (--workers); ITK's default of every
+        # core oversubscribes those, and on a busy machine was no faster
+        self.filter.SetNumberOfThreads(1)
+        # (Z, Y, X): SimpleITK's array axis order, the transpose of ours
+        self.padded = np.empty((n[2] + 2, n[1] + 2, n[0] + 2), dtype=np.float32)
 
-    def _prepare(self, strides: tuple[int, ...]) -> None:
-        if self._layout == strides:
-            return
-        base = sum(self.lower[a] * strides[a] for a in range(3))
-        self._corners = []
-        for corner in range(8):
-            bits = [(corner >> a) & 1 for a in range(3)]
-            offset = sum(bits[a] * self.step[a] * strides[a] for a in range(3))
-            weight = np.ones(base.shape, dtype=np.float32)
-            for a in range(3):
-                weight *= self.frac[a] if bits[a] else 1.0 - self.frac[a]
-            self._corners.append((base + offset, weight))
-        self._layout = strides
+    def __call__(self, frame: np.ndarray, fill: float, out: np.ndarray | None = None) -> np.ndarray:
+        """``frame`` (X, Y, Z) on the target grid, float32, into ``out`` when given."""
+        import SimpleITK as sitk
 
-    def __call__(self, frame: np.ndarray, fill: float) -> np.ndarray:
-        if not (frame.flags.c_contiguous or frame.flags.f_contiguous):
-            frame = np.ascontiguousarray(frame)
-        self._prepare(tuple(s // frame.itemsize for s in frame.strides))
-        flat = frame.ravel(order="K")  # memory order: no copy for a contiguous frame
-        out = np.zeros(self.inside.shape, dtype=np.float32)
-        for index, weight in self._corners:
-            out += np.take(flat, index) * weight
-        out[~self.inside] = fill
-        return out.reshape(self.shape)
+        padded = self.padded
+        padded[1:-1, 1:-1, 1:-1] = frame.T
+        # replicate the edges axis by axis: each step copies from faces the previous steps completed
+        padded[:, :, 0], padded[:, :, -1] = padded[:, :, 1], padded[:, :, -2]
+        padded[:, 0, :], padded[:, -1, :] = padded[:, 1, :], padded[:, -2, :]
+        padded[0], padded[-1] = padded[1], padded[-2]
+        self.filter.SetDefaultPixelValue(float(fill))
+        result = self.filter.Execute(sitk.GetImageFromArray(padded))
+        if out is None:
+            out = np.empty(self.shape, dtype=np.float32, order="F")
+        out[...] = sitk.GetArrayViewFromImage(result).T  # the view lives as long as ``result``
+        out[self.outside] = fill
+        return out
 
 
 def index_map(source_affine: np.ndarray, target: Grid) -> np.ndarray:
@@ -205,24 +210,33 @@ def resample(volume: np.ndarray, source_affine: np.ndarray, target: Grid, mask: 
             out = np.empty((*target.shape, data.shape[3]), dtype=np.float32, order="F")
             for t in range(data.shape[3]):
                 out[..., t] = spatial(data[..., t])
-    else:  # another orientation: trilinear gathers, the 8 corners and weights computed once for all frames
-        gather = _Gather(volume.shape[:3], matrix, target.shape)
+    else:  # another orientation: SimpleITK, the transform and the fill region set up once for all frames
+        oblique = _ObliqueResampler(volume.shape[:3], matrix, target.shape)
         if data.ndim == 3:
-            out = gather(data, fill)
+            out = oblique(data, fill)
         else:
             out = np.empty((*target.shape, data.shape[3]), dtype=np.float32, order="F")
             for t in range(data.shape[3]):
-                out[..., t] = gather(data[..., t], fill)
+                oblique(data[..., t], fill, out[..., t])
     return out > 0.5 if mask else out
 
 
 def _inside(source_shape: Sequence[int], matrix: np.ndarray, target_shape: Sequence[int],
             where: np.ndarray | None = None) -> np.ndarray:
-    """Whether each target voxel centre (or each of ``where``) lies in the source's field of view."""
-    index = np.argwhere(where) if where is not None else np.indices(target_shape).reshape(3, -1).T
-    points = index @ matrix[:3, :3].T + matrix[:3, 3]
-    inside = np.all((points >= -0.5) & (points <= np.asarray(source_shape[:3]) - 0.5), axis=1)
-    return inside if where is not None else inside.reshape(tuple(target_shape))
+    """Whether each target voxel centre (or each of ``where``) lies in the source's field of view.
+
+    The map is affine, so each source coordinate is a sum of one term per target axis: summed by
+    broadcasting (about 20 ms for 192 x 224 x 32) rather than a (voxels, 3) @ (3, 3) product over
+    integer indices, which numpy does outside BLAS (about a second).
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    i, j, k = (np.arange(int(n), dtype=np.float64) for n in target_shape)
+    inside = np.ones(tuple(int(n) for n in target_shape), dtype=bool)
+    for a in range(3):
+        points = ((matrix[a, 0] * i)[:, None, None] + (matrix[a, 1] * j)[None, :, None]
+                  + (matrix[a, 2] * k + matrix[a, 3])[None, None, :])
+        inside &= (points >= -0.5) & (points <= float(source_shape[a]) - 0.5)
+    return inside if where is None else inside[np.asarray(where, dtype=bool)]
 
 
 def coverage(source: Grid, target: Grid, where: np.ndarray | None = None) -> float:
