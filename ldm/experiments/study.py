@@ -55,7 +55,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ldm.experiments.runner import ExperimentError, Runner, Stage, check_folder, claim_folder, find_run_dir, script
+from ldm.experiments.runner import (LAST_CHECKPOINT, ExperimentError, Runner, Stage, check_folder, claim_folder,
+                                    find_run_dir, resumable_run, script)
 from ldm.experiments.statistics import minimum_detectable_effect, patients_needed
 
 KIND = "study"
@@ -65,7 +66,6 @@ BASE_STEPS = {"vqgan": 800, "ldm": 1000, "pt": 200}
 WINDOW = "lesion"
 SIZE = "64 64"
 BATCH_SIZE = 32
-CHECKPOINT = Path("checkpoints") / "last.ckpt"
 # (run name, label in the tables, stage-3 overrides); the first stage-3 run is the control
 CLDM = ("cldm", "cLDM")
 CONTROL = ("cldm_continued", "cLDM (continued)", ("model.params.lambda_image=0", "model.params.lambda_lesion=0"))
@@ -264,8 +264,8 @@ class Study:
                            # validate 4 times per run, counted in training batches across epochs
                            f"lightning.trainer.val_check_interval={max(1, steps // 4)}",
                            "lightning.trainer.check_val_every_n_epoch=null"]
-        existing = find_run_dir(logdir, name)
-        resume = existing is not None and (existing / CHECKPOINT).is_file() and not record.is_file()
+        existing = resumable_run(logdir, name)
+        resume = existing is not None and not record.is_file()
         if resume:  # a run directory reloads its own configs
             command = [self.py, script("main.py"), "-r", existing, "-t", *self._accelerator()]
         else:
@@ -274,7 +274,7 @@ class Study:
 
         def checkpoint() -> list[Path]:
             run = find_run_dir(logdir, name)
-            return [(run if run is not None else logdir / f"*_{name}") / CHECKPOINT]
+            return [(run if run is not None else logdir / f"*_{name}") / LAST_CHECKPOINT]
 
         self.runner.run(Stage(f"seed {seed}: {name} ({steps} steps{', resumed' if resume else ''})", record,
                               {"config": config, "seed": seed, "steps": steps, "overrides": stage_overrides},
@@ -329,12 +329,12 @@ class Study:
         steps = self.s.steps
         vqgan = self.train(seed, "vqgan", VQGAN_CONFIG, steps["vqgan"], ())
         cldm = self.train(seed, CLDM[0], LDM_CONFIG, steps["ldm"],
-                          (f"model.params.first_stage_config.params.ckpt_path={vqgan / CHECKPOINT}",))
+                          (f"model.params.first_stage_config.params.ckpt_path={vqgan / LAST_CHECKPOINT}",))
         reconstruction = self.reconstruct(seed, vqgan)
         runs = {CLDM[1]: (CLDM[0], cldm)}
         # only the image-space terms differ between the control and cLDM-PT: checkpoint, steps, seed are shared
         for name, label, overrides in (CONTROL, *TARGETS.values()):
-            start = f"model.params.ckpt_path={cldm / CHECKPOINT}"
+            start = f"model.params.ckpt_path={cldm / LAST_CHECKPOINT}"
             run = self.train(seed, name, PT_CONFIG, steps["pt"], (start, *overrides))
             runs[label] = (name, run)
         predictions = {label: self.sample(seed, name, run) for label, (name, run) in runs.items()}
