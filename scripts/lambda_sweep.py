@@ -23,7 +23,8 @@ Wilcoxon p-values), under the table and in ``<outdir>/eval/vs_control``.
 
 The sweep can be stopped and started again: a run whose training, sampling or scoring finished is
 not repeated (``--rerun`` repeats everything), and an interrupted training resumes from its
-``last.ckpt``.
+``last.ckpt``. The sweep itself is ldm/experiments/lambda_sweep.py (its plan lambda_sweep_plan.py,
+the table lambda_sweep_report.py).
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ space, copied; and ``ctp_mask.nii.gz``, a CT-space brain mask, registered and wr
 ``mask.nii.gz`` when there is no DWI-space one) and writes ``OUT/<patient>/`` in the raw layout of
 preprocessing, with ``registration/{ctp_to_dwi.tfm,registration.json,qc.png}``; each patient is
 written whole or not at all. A bad patient is reported in one line naming it and the file and the
-others go on (exit 1 at the end); mistakes on the command line exit 2.
+others go on (exit 1 at the end); mistakes on the command line exit 2. The code is
+ldm/data/ingest/registration_files.py (pair) and cohort_registration.py (cohort).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ map), ``sampler_study.md`` (the table), ``sampler_study.png`` (metrics against s
 ``paired_vs_reference.csv``. Settings sampled before are not sampled again (their timing is kept in
 ``<outdir>/samples/<setting>/timing.json``, with the settings it was sampled with: a setting
 sampled with another seed, batch size or precision is refused rather than mixed in); time nothing
-while another heavy job runs.
+while another heavy job runs. The study itself is ldm/experiments/sampler_study.py.
 """
 from __future__ import annotations
 

@@ -31,7 +31,8 @@ def control_markdown(path: Path) -> str:
         return ""
     lines = ["", "Against the control (cLDM continued, same steps without the image terms): run − control per "
              "patient, mean [95% bootstrap CI], Wilcoxon p", "",
-             "| run | " + " | ".join(f"{m.upper()} {label}" for m in MODALITIES for label in ("Lesion MAE", "MAE")) + " |",
+             "| run | " + " | ".join(f"{m.upper()} {label}" for m in MODALITIES for label in ("Lesion MAE", "MAE"))
+             + " |",
              "|---|" + "---|" * 4]
     for run in dict.fromkeys(r["run_b"] for r in rows):
         cells = []

@@ -29,9 +29,8 @@ from ldm.experiments.runner import ExperimentError, Runner, Stage, claim_folder
 from ldm.experiments.sampler_study_report import COLUMNS, label, study_table
 from ldm.inference.data_source import is_raw_cohort
 from ldm.inference.run_sampling import sample_run
-from ldm.inference.sampling_options import sampling_parser
+from ldm.inference.sampling_options import SAMPLER_CHOICES, sampling_parser
 from ldm.io import atomic_write_text
-from ldm.samplers import SAMPLERS
 
 KIND = "sampler study"
 DEFAULT_SETTINGS = ("ddim:200", "ddim:100", "ddim:50", "ddim:20", "dpmsolver++:50", "dpmsolver++:20",
@@ -76,9 +75,9 @@ class StudyFiles:
 def parse_setting(text: str) -> tuple[str, int]:
     """``ddim:200`` -> ("ddim", 200)."""
     name, _, steps = text.partition(":")
-    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+    if name not in SAMPLER_CHOICES or not steps.isdigit() or int(steps) < 1:
         raise ExperimentError(f"--settings {text!r}: expected <sampler>:<steps> with a sampler of "
-                              f"{', '.join(SAMPLERS)} and steps >= 1")
+                              f"{', '.join(SAMPLER_CHOICES)} and steps >= 1")
     return name, int(steps)
 
 

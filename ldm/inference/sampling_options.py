@@ -11,6 +11,8 @@ from ldm.data.transforms.intensity_window import ADC_CORE_THRESHOLD
 from ldm.precision import PRECISIONS
 from ldm.samplers import SAMPLERS
 
+SAMPLER_CHOICES = tuple(SAMPLERS)  # the names --sampler takes: ldm.samplers' registry
+
 
 def sampling_parser(description: str | None = None) -> argparse.ArgumentParser:
     """``scripts/sample_LDM.py``'s parser; ``description`` is its help text (the script's docstring)."""
@@ -31,7 +33,7 @@ def sampling_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--patients", nargs="+", default=None, help="sample only these patients")
     p.add_argument("-n", "--n_samples", type=int, default=1, help="samples per patient")
     p.add_argument("--batch_size", type=int, default=48, help="slices per batch")
-    p.add_argument("--sampler", default=None, choices=tuple(SAMPLERS),
+    p.add_argument("--sampler", default=None, choices=SAMPLER_CHOICES,
                    help="sampler (default: the model config's `sampler`, DDIM for the cLDM; docs/sampling.md)")
     p.add_argument("--steps", type=int, default=200, help="sampler steps = denoiser evaluations (the paper: 200 DDIM)")
     p.add_argument("--eta", type=float, default=0.0,
