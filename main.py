@@ -16,10 +16,10 @@ import os
 import sys
 from pathlib import Path
 
+from ldm.cli import run_main
 from ldm.config import split_overrides
 from ldm.util import ConfigError
 
-EXIT_USER_ERROR = 2
 EXIT_TRAINING_FAILED = 1
 # DDP re-executes this script once per extra rank: they must all agree on the run directory.
 _RUN_TIMESTAMP_ENV = "LDM_RUN_TIMESTAMP"
@@ -249,11 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
     opt, unknown = parser.parse_known_args(args)
     unknown += overrides
-    try:
-        return run(opt, unknown)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    return run_main(lambda: run(opt, unknown), None, ConfigError)
 
 
 if __name__ == "__main__":

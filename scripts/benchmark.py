@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from ldm.benchmark.models import load_benchmark_config  # noqa: E402
 from ldm.benchmark.report import format_report  # noqa: E402
 from ldm.benchmark.runner import PARTS, BenchmarkRun, Settings  # noqa: E402
+from ldm.cli import EXIT_USER_ERROR  # noqa: E402
 from ldm.precision import PRECISIONS  # noqa: E402
 from ldm.io import atomic_write_json  # noqa: E402
 from ldm.util import ConfigError  # noqa: E402
@@ -84,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                             peak_tflops=args.peak_tflops, count_flops=not args.no_flops)
         run = BenchmarkRun(config, settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (ConfigError, ValueError) as e:
-        print(f"benchmark: {e}", file=sys.stderr)
-        return 2
+        print(f"benchmark: {e}", file=sys.stderr)  # this script's own wording, kept: callers may match it
+        return EXIT_USER_ERROR
     report = run.run()
     report["config"] = args.config
     report["overrides"] = list(overrides)

@@ -5,10 +5,10 @@
 Builds a synthetic pair (ldm/data/synthetic/pair.py, a real-size brain): an unstripped CTP of
 512 x 512 x 32 voxels at 0.45 x 0.45 x 5 mm (a clinical 230 mm field of view) with ``--frames``
 frames, misregistered by about 8 degrees and 6 mm, and a DWI of 192 x 224 x 32 at 1 x 1 x 5 mm (the
-paper's grid); writes them as NIfTI and times ``register_ctp.py`` on them (reading, skull-stripping,
-rigid + affine registration, applying it to every frame, writing), with the stages of the
-registration itself, and the error against the known transform. Not a test: timings depend on the
-machine and its load.
+paper's grid); writes them as NIfTI and times ``register_ctp.py``'s pair mode on them
+(ldm/data/ingest/registration_files.py: reading, skull-stripping, rigid + affine registration,
+applying it to every frame, writing), with the stages of the registration itself, and the error
+against the known transform. Not a test: timings depend on the machine and its load.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ldm.data.ingest.registration import transform_to_ras  # noqa: E402
+from ldm.data.ingest.registration_files import register_files  # noqa: E402
 from ldm.data.synthetic.pair import make_registration_pair  # noqa: E402
 
 
@@ -44,12 +45,6 @@ def main() -> int:
     print(f"pair built in {time.perf_counter() - start:.1f} s (not timed below): CTP "
           f"{'x'.join(map(str, pair.ctp.shape))} at 0.45 x 0.45 x 5 mm, DWI {'x'.join(map(str, pair.dwi.shape))} "
           f"at 1 x 1 x 5 mm")
-    sys.argv = [sys.argv[0]]
-    from importlib import util
-
-    spec = util.spec_from_file_location("register_ctp", Path(__file__).resolve().parent / "register_ctp.py")
-    script = util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     with tempfile.TemporaryDirectory(prefix="bench_registration_") as tmp:
         tmp = Path(tmp)
         ctp = nib.Nifti1Image(pair.ctp, pair.ctp_affine)
@@ -57,8 +52,8 @@ def main() -> int:
         nib.save(ctp, str(tmp / "ctp.nii.gz"))
         nib.save(nib.Nifti1Image(pair.dwi, pair.mri_affine), str(tmp / "dwi.nii.gz"))
         start = time.perf_counter()
-        report = script.register_files(tmp / "ctp.nii.gz", tmp / "dwi.nii.gz", tmp / "out" / "ctp.nii.gz",
-                                       motion=args.motion)
+        report = register_files(tmp / "ctp.nii.gz", tmp / "dwi.nii.gz", tmp / "out" / "ctp.nii.gz",
+                                motion=args.motion)
         total = time.perf_counter() - start
         index = np.argwhere(pair.mri_brain)
         points = np.c_[index, np.ones(len(index))] @ pair.mri_affine.T

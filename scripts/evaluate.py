@@ -37,18 +37,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-EXIT_USER_ERROR = 2
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and every option's default."""
+from ldm.cli import HelpFormatter, run_main  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
     from ldm.data.transforms.intensity_window import WINDOWS
     from ldm.evaluation.clinical import ADC_CORE_THRESHOLD, CORE_THRESHOLD_ML
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pred", nargs="+", action="append", required=True, metavar="[NAME=]DIR",
                    help="prediction folder(s), optionally named (cLDM=DIR); repeat or list several "
                         "to put runs side by side")
@@ -106,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from ldm.evaluation.volumes import EvaluationInputError
 
     opt = get_parser().parse_args(argv)
-    try:
-        return run_evaluation(opt)
-    except EvaluationInputError as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    return run_main(lambda: run_evaluation(opt), "evaluate.py", EvaluationInputError)
 
 
 if __name__ == "__main__":

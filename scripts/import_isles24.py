@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ldm.cli import user_error  # noqa: E402
 from ldm.data.ingest.isles24 import SubjectError, import_isles24, split_subjects  # noqa: E402
 from ldm.data.transforms.resampling import PAPER_SPACING, check_spacing  # noqa: E402
 
@@ -50,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = import_isles24(opt.isles_root, opt.output_dir, spacing, opt.timepoints, opt.split, opt.seed,
                                  opt.workers, progress=not opt.no_progress, strict=opt.strict)
     except (FileNotFoundError, SubjectError) as e:
-        print(f"import_isles24.py: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e, "import_isles24.py")
     print(summary)
     return 0 if summary.imported else 1
 

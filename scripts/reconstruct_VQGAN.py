@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-EXIT_USER_ERROR = 2
+from ldm.cli import user_error  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         report = reconstruct_cohort(model, opt.data, opt.outdir, records, batch_size=opt.batch_size,
                                     patients=opt.patients, progress=not opt.no_progress)
     except ConfigError as e:
-        print(f"reconstruct_VQGAN.py: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return user_error(e, "reconstruct_VQGAN.py")
     skipped = f" ({len(report.skipped)} already there)" if report.skipped else ""
     print(f"wrote D(E(x)) of {len(report.written)} patient(s), {report.n_slices} slice(s), to {opt.outdir}{skipped}")
     return 0

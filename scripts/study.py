@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.experiments.runner import EXIT_USER_ERROR, ExperimentError  # noqa: E402
+from ldm.cli import user_error  # noqa: E402
+from ldm.experiments.runner import ExperimentError  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -38,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run_study(settings_from_env(os.environ, python=opt.python), dry_run=opt.dry_run)
     except ExperimentError as e:
-        print(f"study.py: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return user_error(e, "study.py")
     if report is not None:
         print(report.read_text())
         print(f"[study] wrote {report}, {report.with_suffix('.csv')} and {report.parent / 'study_differences.png'}")

@@ -1,11 +1,13 @@
 """ldm/experiments/runner.py: a stage runs once, is skipped with the same settings, refused with
-others or with a missing output, fails in one line; an experiment folder is refused to another."""
+others or with a missing output, fails in one line; an experiment folder is refused to another; an
+interrupted main.py run is found to be resumed."""
 import json
 import sys
 
 import pytest
 
-from ldm.experiments.runner import EXPERIMENT_FILE, ExperimentError, Runner, Stage, check_folder, claim_folder
+from ldm.experiments.runner import (EXPERIMENT_FILE, LAST_CHECKPOINT, ExperimentError, Runner, Stage, check_folder,
+                                    claim_folder, resumable_run)
 
 
 def _touch_command(path, code=0):
@@ -93,3 +95,18 @@ def test_an_experiment_folder_is_refused_to_another(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ExperimentError, match="is a file"):
         check_folder(tmp_path / "file", "study", {})
+
+
+def test_the_newest_run_with_a_last_checkpoint_is_the_one_to_resume(tmp_path):
+    logs = tmp_path / "logs"
+    assert resumable_run(logs, "cldm") is None  # no log folder yet
+    older, newer = logs / "2025-01-01T00-00-00_cldm", logs / "2025-01-02T00-00-00_cldm"
+    (older / LAST_CHECKPOINT).parent.mkdir(parents=True)
+    (older / LAST_CHECKPOINT).write_text("weights")
+    (logs / "2025-01-03T00-00-00_cldm_pt" / "checkpoints").mkdir(parents=True)  # another run's name
+    assert resumable_run(logs, "cldm") == older
+    newer.mkdir()  # the newest run has no checkpoint yet: nothing to resume from, the older is not taken
+    assert resumable_run(logs, "cldm") is None
+    (newer / LAST_CHECKPOINT).parent.mkdir()
+    (newer / LAST_CHECKPOINT).write_text("weights")
+    assert resumable_run(logs, "cldm") == newer

@@ -1,4 +1,5 @@
-"""CTP-to-DWI registration (scripts/register_ctp.py): a synthetic pair with a known rigid
+"""CTP-to-DWI registration (ldm/data/ingest/registration*.py, cohort_registration.py and
+scripts/register_ctp.py): a synthetic pair with a known rigid
 misregistration of about 8 degrees and 6 mm and different voxel sizes (CT 0.5 x 0.5 x 1 mm, MRI
 1 x 1 x 5 mm) is recovered within 1 mm mean displacement over the brain, the CT-space lesion mask
 carried along has Dice >= 0.9 with the truth, motion between frames is undone, and the cohort mode
@@ -12,9 +13,11 @@ import pytest
 
 from ldm.data.preprocessing.pipeline import preprocess_cohort
 from ldm.data.record import load_index
+from ldm.data.ingest.cohort_registration import register_cohort
 from ldm.data.ingest.registration import RegistrationSettings, register_ctp, to_sitk, transform_to_ras
+from ldm.data.ingest.registration_files import InputError, register_files
 from ldm.data.synthetic.pair import make_registration_pair, rigid_matrix
-from tests.helpers.scripts import load_script
+from tests.helpers.scripts import error_line, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,30 +131,53 @@ def test_motion_between_frames_is_corrected(pair):
     assert error < 1.0
 
 
-def test_cohort_mode_writes_the_raw_layout_and_reports_bad_patients_by_name(pair, tmp_path, capsys):
-    cohort = tmp_path / "cohort"
-    _write(cohort / "P1", pair, with_lesion_mask=False)
-    (cohort / "P2").mkdir()
+def _bad_patients(cohort: Path, pair) -> None:
+    """P2 with a 3-D CTP, P3 without files."""
+    (cohort / "P2").mkdir(parents=True)
     nib.save(nib.Nifti1Image(pair.ctp[..., 0], pair.ctp_affine), str(cohort / "P2" / "ctp.nii.gz"))  # 3-D
     nib.save(nib.Nifti1Image(pair.dwi, pair.mri_affine), str(cohort / "P2" / "dwi.nii.gz"))
     (cohort / "P3").mkdir()
+
+
+def test_cohort_registration_writes_the_raw_layout_and_reports_bad_patients_by_name(pair, tmp_path):
+    cohort = tmp_path / "cohort"
+    _write(cohort / "P1", pair, with_lesion_mask=False)
+    _bad_patients(cohort, pair)
     out = tmp_path / "registered"
-    rc = script.main(["--cohort", str(cohort), "--output_dir", str(out), "--no_progress"])
-    captured = capsys.readouterr()
-    assert rc == 1
-    assert "patient P2: ctp.nii.gz is 3-D (128x160x64), expected 4-D" in captured.err
-    assert "patient P3: ctp.nii.gz is missing" in captured.err
+    done, failed = register_cohort(cohort, out, progress=False)
+    assert sorted(done) == ["P1"] and sorted(failed) == ["P2", "P3"]
+    assert failed["P2"] == "patient P2: ctp.nii.gz is 3-D (128x160x64), expected 4-D"
+    assert failed["P3"] == "patient P3: ctp.nii.gz is missing"
     assert sorted(p.name for p in out.iterdir()) == ["P1", "registration.json"]  # nothing half written
     assert sorted(p.name for p in (out / "P1").iterdir()) == ["adc.nii.gz", "ctp.nii.gz", "dwi.nii.gz",
                                                               "lesion.nii.gz", "registration"]
     assert sorted(p.name for p in (out / "P1" / "registration").iterdir()) == ["ctp_to_dwi.tfm", "qc.png",
                                                                                "registration.json"]
     report = json.loads((out / "P1" / "registration" / "registration.json").read_text())
-    assert report["out"] == str(out / "P1" / "ctp.nii.gz")
+    assert report["out"] == str(out / "P1" / "ctp.nii.gz") and report == done["P1"]
+    summary = json.loads((out / "registration.json").read_text())
+    assert list(summary["registered"]) == ["P1"] and summary["failed"] == failed
     # preprocessing takes it as it is: every map on the DWI's 1 x 1 x 5 mm grid, no further resampling
     preprocess_cohort(out, tmp_path / "npy", size=(64, 80), spacing=(1.0, 1.0, 5.0), n_timepoints=4, progress=False)
     record = load_index(tmp_path / "npy")["P1"]
     assert not record.resampled and not record.ctp_resampled and record.has_lesion
+
+
+def test_cohort_mode_command_line_exits_1_naming_bad_patients_and_2_on_a_bad_folder(pair, tmp_path, capsys):
+    cohort = tmp_path / "cohort"
+    _bad_patients(cohort, pair)
+    out = tmp_path / "registered"
+    assert script.main(["--cohort", str(cohort), "--output_dir", str(out), "--no_progress"]) == 1
+    captured = capsys.readouterr()
+    assert "registered 0/2 patients into" in captured.out
+    assert "patient P2: ctp.nii.gz is 3-D (128x160x64), expected 4-D" in captured.err
+    assert "patient P3: ctp.nii.gz is missing" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["registration.json"]
+    assert script.main(["--cohort", str(tmp_path / "none"), "--output_dir", str(out)]) == 2
+    assert "is not a folder" in error_line(capsys.readouterr().err, "register_ctp.py")
+    (tmp_path / "empty").mkdir()
+    assert script.main(["--cohort", str(tmp_path / "empty"), "--output_dir", str(out)]) == 2
+    assert "has no patient folders" in error_line(capsys.readouterr().err, "register_ctp.py")
 
 
 def test_pair_mode_errors_are_one_line(tmp_path, capsys):
@@ -170,6 +196,10 @@ def test_pair_mode_errors_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert message in err[-1], err
     assert not (tmp_path / "o.nii.gz").exists()
+    # the package raises what the command line reports, before writing anything
+    with pytest.raises(InputError, match="ctp.nii.gz is 3-D"):
+        register_files(tmp_path / "a" / "ctp.nii.gz", tmp_path / "a" / "dwi.nii.gz", tmp_path / "o.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
 class _no_raise:

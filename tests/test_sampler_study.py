@@ -1,5 +1,6 @@
-"""scripts/sampler_study.py end to end on a tiny run: every setting sampled from the same seeds,
-timed, scored with evaluate.py's code against the ground truth and against the first setting."""
+"""The sampler study (ldm/experiments/sampler_study*.py) on a tiny run, through scripts/sampler_study.py
+and the package: every setting sampled from the same seeds, timed, scored with evaluate.py's code
+against the ground truth and against the first setting; mistakes are one line."""
 import nibabel as nib
 import numpy as np
 import pytest
@@ -7,13 +8,15 @@ import torch
 
 from ldm.evaluation.aggregate import per_run
 from ldm.evaluation.evaluator import evaluate_runs
+from ldm.experiments.runner import ExperimentError
+from ldm.experiments.sampler_study import SamplerStudy, parse_setting, run_sampler_study
 from tests.helpers.raw_patients import write_raw_patient
 from tests.helpers.sampling_runs import build_model, save_run, tiny_config
 from tests.helpers.scripts import error_line, load_script, read_csv
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
-study = load_script("sampler_study")
+study_script = load_script("sampler_study")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def test_study_samples_times_and_scores_every_setting(run, tmp_path, capsys):
     out = tmp_path / "study"
     argv = ["-r", str(run_dir), "--data", str(npy), "--gt", str(raw), "--outdir", str(out), "--device", "cpu",
             "--settings", "ddim:6", "ddim:2", "dpmsolver++:3", "--batch_size", "3", "--no_progress"]
-    assert study.main(argv) == 0
+    assert study_script.main(argv) == 0
     rows = read_csv(out / "sampler_study.csv")
     assert [(r["setting"], r["modality"]) for r in rows] == [
         (s, m) for s in ("DDIM-6", "DDIM-2", "DPM-Solver++-3") for m in ("dwi", "adc")]
@@ -67,9 +70,11 @@ def test_study_samples_times_and_scores_every_setting(run, tmp_path, capsys):
     assert seconds["DDIM-6"] > seconds["DDIM-2"] > 0
     assert (out / "sampler_study.png").stat().st_size > 0
     assert "| DPM-Solver++-3 |" in (out / "sampler_study.md").read_text()
-    # a second run reuses the samples and their timing
+    # a second run, through the package, reuses the samples and their timing
     stamps = {p: p.stat().st_mtime_ns for p in (out / "samples").rglob("*.nii.gz")}
-    assert study.main(argv) == 0
+    again = SamplerStudy(run=str(run_dir), data=str(npy), gt=raw, outdir=out, device="cpu", batch_size=3,
+                         settings=[("ddim", 6), ("ddim", 2), ("dpmsolver++", 3)], progress=False)
+    assert run_sampler_study(again).csv == out / "sampler_study.csv"
     assert {p: p.stat().st_mtime_ns for p in (out / "samples").rglob("*.nii.gz")} == stamps
     assert [float(r["seconds_per_slice"]) for r in read_csv(out / "sampler_study.csv")] == \
         [float(r["seconds_per_slice"]) for r in rows]
@@ -83,12 +88,26 @@ def test_study_samples_times_and_scores_every_setting(run, tmp_path, capsys):
 
 
 def test_bad_settings_are_one_line(run, tmp_path, capsys):
+    assert parse_setting("dpmsolver++:20") == ("dpmsolver++", 20)
+    for bad in ("euler:10", "ddim", "ddim:0", "ddim:x"):
+        with pytest.raises(ExperimentError, match="expected <sampler>:<steps>"):
+            parse_setting(bad)
     run_dir, raw, npy = run
     base = ["-r", str(run_dir), "--data", str(npy), "--outdir", str(tmp_path / "s"), "--device", "cpu"]
-    assert study.main([*base, "--gt", str(raw), "--settings", "euler:10"]) == 2
+    assert study_script.main([*base, "--gt", str(raw), "--settings", "euler:10"]) == 2
     assert "euler:10" in error_line(capsys.readouterr().err, "sampler_study.py")
-    assert study.main([*base, "--gt", str(raw), "--settings", "ddim:3", "ddim:3"]) == 2
+    assert study_script.main([*base, "--gt", str(raw), "--settings", "ddim:3", "ddim:3"]) == 2
     assert "twice" in error_line(capsys.readouterr().err, "sampler_study.py")
-    assert study.main(base) == 2  # a preprocessed split and no ground truth
+    assert study_script.main(base) == 2  # a preprocessed split and no ground truth
     assert "--gt" in error_line(capsys.readouterr().err, "sampler_study.py")
     assert not (tmp_path / "s").exists()
+    # a setting sampled with another seed is refused, naming its record, and nothing is sampled
+    study = SamplerStudy(run=str(run_dir), data=str(npy), gt=raw, outdir=tmp_path / "t", device="cpu",
+                         settings=[("ddim", 2)], progress=False)
+    record = study.folder("ddim", 2) / "timing.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"seed": 5}')
+    with pytest.raises(ExperimentError, match="seed=5.*now.*seed=23") as e:
+        run_sampler_study(study)
+    assert str(record) in str(e.value) and "\n" not in str(e.value)
+    assert sorted(p.name for p in record.parent.iterdir()) == ["timing.json"]

@@ -29,14 +29,14 @@ from ldm.folder_lock import LOCK_FILE
 from ldm.io import atomic_write_json
 from ldm.util import ConfigError
 
-EXIT_USER_ERROR = 2
 EXPERIMENT_FILE = "experiment.json"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"  # what main.py keeps saving in a run directory
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class ExperimentError(ConfigError):
     """A knob out of range, a stage that failed, a record or folder that belongs to other settings
-    (one line, exit code 2)."""
+    (one line, exit code 2: :mod:`ldm.cli`)."""
 
 
 def script(name: str) -> str:
@@ -57,6 +57,14 @@ def find_run_dir(logdir: str | Path, name: str) -> Path | None:
         return None
     candidates = sorted(p for p in logdir.iterdir() if p.is_dir() and p.name.endswith(f"_{name}"))
     return candidates[-1] if candidates else None
+
+
+def resumable_run(logdir: str | Path, name: str) -> Path | None:
+    """The newest run directory of ``name`` (:func:`find_run_dir`) that holds a ``last.ckpt``, which
+    ``main.py -r <run> -t`` resumes from (with the configs it was started with); None if there is none.
+    Whether its training finished is its stage record's business."""
+    run = find_run_dir(logdir, name)
+    return run if run is not None and (run / LAST_CHECKPOINT).is_file() else None
 
 
 def _plain(value: Any) -> Any:

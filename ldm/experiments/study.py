@@ -31,11 +31,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ldm.experiments.runner import ExperimentError, Runner, Stage, check_folder, claim_folder, find_run_dir, script
+from ldm.experiments.runner import (LAST_CHECKPOINT, ExperimentError, Runner, Stage, check_folder, claim_folder,
+                                    find_run_dir, resumable_run, script)
 from ldm.experiments.statistics import patients_needed
 # settings_from_env, estimate_minutes and power_plan are re-exported: scripts/study.py and the tests read them here
 from ldm.experiments.study_design import (  # noqa: F401
-    BATCH_SIZE, CHECKPOINT, CLDM, CONTROL, EVALUATION_FILES, KIND, LDM_CONFIG, PLANNING_RELATIVE_SD, PT_CONFIG,
+    BATCH_SIZE, CLDM, CONTROL, EVALUATION_FILES, KIND, LDM_CONFIG, PLANNING_RELATIVE_SD, PT_CONFIG,
     RECONSTRUCTION, SIZE, TARGET_RELATIVE_MDE, TARGETS, VQGAN_CONFIG, WINDOW, StudySettings, estimate_minutes,
     power_plan, settings_from_env)
 from ldm.experiments.study_report import write_report
@@ -126,8 +127,8 @@ class Study:
                            # validate 4 times per run, counted in training batches across epochs
                            f"lightning.trainer.val_check_interval={max(1, steps // 4)}",
                            "lightning.trainer.check_val_every_n_epoch=null"]
-        existing = find_run_dir(logdir, name)
-        resume = existing is not None and (existing / CHECKPOINT).is_file() and not record.is_file()
+        existing = resumable_run(logdir, name)
+        resume = existing is not None and not record.is_file()
         if resume:  # a run directory reloads its own configs
             command = [self.py, script("main.py"), "-r", existing, "-t", *self._accelerator()]
         else:
@@ -136,7 +137,7 @@ class Study:
 
         def checkpoint() -> list[Path]:
             run = find_run_dir(logdir, name)
-            return [(run if run is not None else logdir / f"*_{name}") / CHECKPOINT]
+            return [(run if run is not None else logdir / f"*_{name}") / LAST_CHECKPOINT]
 
         self.runner.run(Stage(f"seed {seed}: {name} ({steps} steps{', resumed' if resume else ''})", record,
                               {"config": config, "seed": seed, "steps": steps, "overrides": stage_overrides},
@@ -191,12 +192,12 @@ class Study:
         steps = self.s.steps
         vqgan = self.train(seed, "vqgan", VQGAN_CONFIG, steps["vqgan"], ())
         cldm = self.train(seed, CLDM[0], LDM_CONFIG, steps["ldm"],
-                          (f"model.params.first_stage_config.params.ckpt_path={vqgan / CHECKPOINT}",))
+                          (f"model.params.first_stage_config.params.ckpt_path={vqgan / LAST_CHECKPOINT}",))
         reconstruction = self.reconstruct(seed, vqgan)
         runs = {CLDM[1]: (CLDM[0], cldm)}
         # only the image-space terms differ between the control and cLDM-PT: checkpoint, steps, seed are shared
         for name, label, overrides in (CONTROL, *TARGETS.values()):
-            start = f"model.params.ckpt_path={cldm / CHECKPOINT}"
+            start = f"model.params.ckpt_path={cldm / LAST_CHECKPOINT}"
             run = self.train(seed, name, PT_CONFIG, steps["pt"], (start, *overrides))
             runs[label] = (name, run)
         predictions = {label: self.sample(seed, name, run) for label, (name, run) in runs.items()}

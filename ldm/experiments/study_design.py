@@ -40,7 +40,6 @@ BASE_STEPS = {"vqgan": 800, "ldm": 1000, "pt": 200}
 WINDOW = "lesion"
 SIZE = "64 64"
 BATCH_SIZE = 32
-CHECKPOINT = Path("checkpoints") / "last.ckpt"
 # (run name, label in the tables, stage-3 overrides); the first stage-3 run is the control
 CLDM = ("cldm", "cLDM")
 CONTROL = ("cldm_continued", "cLDM (continued)", ("model.params.lambda_image=0", "model.params.lambda_lesion=0"))

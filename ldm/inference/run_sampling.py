@@ -104,8 +104,9 @@ def default_sampler(config) -> str:
 
 
 def sample_run(opt: argparse.Namespace, overrides: list[str]) -> "SamplingReport":
-    """Sample ``opt.resume`` over ``opt.data`` (the options of scripts/sample_LDM.py); returns what
-    was sampled (and how long the sampling took). The output folder is locked while it is written."""
+    """Sample ``opt.resume`` over ``opt.data`` (the options of ``sampling_options.sampling_parser``,
+    scripts/sample_LDM.py's); returns what was sampled (and how long the sampling took). The output
+    folder is locked while it is written."""
     with contextlib.ExitStack() as held:
         return _sample_run(opt, overrides, held)
 

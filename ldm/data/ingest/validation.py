@@ -91,6 +91,19 @@ def find_map(folder: Path, name: str) -> Path | None:
     return None
 
 
+def patient_folders(input_dir: str | Path) -> list[Path]:
+    """The patient folders of a cohort (``<input_dir>/<patient_id>/``, hidden ones left out), sorted;
+    a missing or empty cohort is a FileNotFoundError naming the folder."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"input folder {str(input_dir)!r} does not exist")
+    folders = sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise FileNotFoundError(f"input folder {str(input_dir)!r} has no patient folders "
+                                f"(expected <input_dir>/<patient_id>/ctp.nii.gz, ...)")
+    return folders
+
+
 def _shape(shape: tuple[int, ...]) -> str:
     return "x".join(str(n) for n in shape)
 

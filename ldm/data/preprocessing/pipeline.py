@@ -51,8 +51,9 @@ from ldm.data.transforms.slice_selection import SLICE_RULES, select_slices
 from ldm.data.record import (INDEX_FILE, INDEX_VERSION, RECORD_FILE, REFERENCE_FILE, CohortReference,
                              PatientRecord, load_reference)
 from ldm.data.transforms.resampling import PAPER_SPACING, SPACING_TOLERANCE, at_spacing, check_spacing, format_spacing
-from ldm.data.ingest.validation import PatientError, PatientVolumes, load_patient, with_brain_mask
+from ldm.data.ingest.validation import PatientError, PatientVolumes, load_patient, patient_folders, with_brain_mask
 from ldm.data.ingest.cohort_report import cohort_rows, summary_line, write_cohort_report
+from ldm.cli import user_error
 from ldm.folder_lock import FolderBusy, folder_lock
 from ldm.io import atomic_write_json, remove_stale_staging, staged_folder
 
@@ -241,17 +242,6 @@ def _worker(job: tuple) -> tuple[str, dict | None, str | None, list[str]]:
         return pid, None, f"patient {pid}: unexpected {type(e).__name__}: {e}", []
 
 
-def patient_folders(input_dir: str | Path) -> list[Path]:
-    input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"input folder {str(input_dir)!r} does not exist")
-    folders = sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise FileNotFoundError(f"input folder {str(input_dir)!r} has no patient folders "
-                                f"(expected <input_dir>/<patient_id>/ctp.nii.gz, ...)")
-    return folders
-
-
 def preprocess_cohort(input_dir: str | Path, output_dir: str | Path, size: tuple[int, int] = PAPER_SIZE,
                       workers: int = 1, skip_bad: bool = False, reference_dir: str | Path | None = None,
                       n_timepoints: int = 15, progress: bool = True, slice_rule: str = "reference",
@@ -430,8 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         window = IntensityWindow.from_arguments(args.window, args.adc_window, args.dwi_headroom)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e)
     print(f"model grid: {format_spacing(spacing)}, {args.timepoints} CTP frames, {args.size[0]} x {args.size[1]}; "
           f"window {window.describe()}")
     try:
@@ -441,12 +430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CohortError as e:
         print(e.summary, file=sys.stderr)
         return 1
-    except (PatientError, FolderBusy) as e:  # --strict's first rejection, or a folder a live run writes
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (PatientError, FolderBusy, FileNotFoundError, ValueError) as e:
+        # --strict's first rejection, a folder a live run writes, a missing input folder, another bad input
+        return user_error(e)
     print(summary)
     return 0
 
