@@ -9,7 +9,7 @@ Measures, as medians over ``--repeats`` after ``--warmup`` untimed runs: the sta
 (forward, backward, AdamW, EMA) and the post-training step at the same batch and their ratio; the
 VQGAN step with both optimisers; sampling throughput of every sampler in ``benchmark.samplers``
 (slices/s at ``--sample_steps``, decoding included) and, for DDIM, the projected time for the
-paper's test set; peak memory (CUDA
+paper's test set; with ``--profile``, each step's per-operator share of its time; peak memory (CUDA
 max_memory_allocated, or the process's peak RSS on CPU); model FLOPs per step (FlopCounterMode)
 and achieved FLOP/s, as a fraction of the GPU's dense peak when it is known (or ``--peak_tflops``).
 Prints a table and writes every number to ``--json``. Models start from random weights: no
@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (on a shared CPU, fewer threads than cores can be faster)")
     p.add_argument("--no_flops", action="store_true", help="skip the FLOP counts (they add a few one-slice steps)")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, profile each step (torch.profiler): per-operator share of its time")
     p.add_argument("--json", default=None, help="write the results here (JSON)")
     return p.parse_known_args(argv)
 
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(device=device, precision=args.precision or str(config.benchmark.precision),
                             parts=parts, batch_size=args.batch, repeats=args.repeats, warmup=args.warmup,
                             sample_steps=args.sample_steps, sample_batch_size=args.sample_batch,
-                            peak_tflops=args.peak_tflops, count_flops=not args.no_flops)
+                            peak_tflops=args.peak_tflops, count_flops=not args.no_flops,
+                            profile=args.profile)
         run = BenchmarkRun(config, settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (ConfigError, ValueError) as e:
         print(f"benchmark: {e}", file=sys.stderr)  # this script's own wording, kept: callers may match it

@@ -263,3 +263,35 @@ def test_gpu_checks_script_refuses_without_cuda(repo_root, tmp_path):
     assert result.returncode == 2
     assert "no CUDA device" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()  # nothing run, nothing written
+
+
+def test_operator_shares_find_the_dominant_operator_and_sum_to_one():
+    """A step that is almost all one matrix product: the profile must say so, with its call count."""
+    from ldm.benchmark.profile import format_shares, operator_shares
+
+    a, b, v = torch.randn(384, 384), torch.randn(384, 384), torch.randn(8)
+
+    def step() -> None:
+        for _ in range(3):
+            a @ b
+        v + 1
+
+    rows = operator_shares(step, repeats=2, device=torch.device("cpu"), top=3)
+    assert rows[0]["op"] in ("aten::mm", "aten::matmul") and rows[0]["share"] > 0.5
+    assert rows[0]["calls_per_step"] == 3
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    assert len(rows) <= 4 and all(0 <= r["share"] <= 1 for r in rows)
+    assert format_shares("x", rows)[1].split()[0] == rows[0]["op"]
+    with pytest.raises(ValueError, match="repeats"):
+        operator_shares(step, repeats=0, device=torch.device("cpu"))
+
+
+def test_profile_of_the_benchmark_parts_is_reported(tiny_config):
+    settings = Settings(device=torch.device("cpu"), precision="32", parts=["ldm", "sample"], repeats=1, warmup=0,
+                        sample_steps=2, count_flops=False, profile=True)
+    report = BenchmarkRun(tiny_config, settings, log=lambda msg: None).run()
+    for part in ("ldm", "sample"):
+        rows = report["results"][part]["profile"]
+        assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+        assert any("conv" in r["op"] for r in rows)  # a UNet's time is in its convolutions
+    assert "profile of stage-2 training step" in format_report(report)

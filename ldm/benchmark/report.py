@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ldm.benchmark.profile import format_shares
+
 _ROWS = (("ldm", "stage-2 training step"), ("lapt", "post-training step"), ("vqgan", "VQGAN step (both opt.)"),
          ("sample", "DDIM sampling + decode"))
 
@@ -72,6 +74,10 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{f['encoder_forward_gflop_per_slice']:.2f} GFLOP")
         lines.append(f"FLOP estimate of post-training / stage 2: {f['estimated_lapt_over_ldm_flops']:.2f} x "
                      f"({f['estimated_lapt_over_ldm_flops_decoder_checkpointing']:.2f} x with decoder checkpointing)")
+    for key, label in _ROWS:
+        rows = (results.get(key) or {}).get("profile")
+        if rows:
+            lines += ["", *format_shares(label, rows)]
     if report.get("targets"):
         lines.append("")
         lines.append("targets:")

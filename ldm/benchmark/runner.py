@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from ldm.benchmark import models as bench_models
 from ldm.benchmark.flops import activation_checkpointing_disabled, count_flops, forward_flops
 from ldm.benchmark.hardware import describe_machine, lookup_peak_tflops
+from ldm.benchmark.profile import operator_shares
 from ldm.benchmark.steps import (
     diffusion_training_step,
     model_optimizers,
@@ -53,6 +54,7 @@ class Settings:
     sample_batch_size: int | None = None
     peak_tflops: float | None = None
     count_flops: bool = True
+    profile: bool = False  # per-operator shares of each timed step (profile.py)
 
 
 def _count(n: int) -> int:
@@ -106,11 +108,15 @@ class BenchmarkRun:
         return synthetic_batch(n, self.image_size, self.device,
                                lesion_fraction=float(self.config.benchmark.lesion_fraction))
 
-    def _measure(self, name: str, fn: Callable[[], Any]) -> dict[str, Any]:
+    def _measure(self, name: str, fn: Callable[[], Any], profile: bool = True) -> dict[str, Any]:
         self.log(f"[{name}] {self.warmup} warm-up + {self.repeats} timed repeats ...")
         timing = measure(fn, self.device, repeats=self.repeats, warmup=self.warmup,
                          on_repeat=lambda i, t: self.log(f"[{name}]   repeat {i + 1}/{self.repeats}: {t:.3f} s"))
-        return timing.to_dict()
+        result = timing.to_dict()
+        if profile and self.s.profile:  # after the timed repeats, so that the profiler's overhead is not in the times
+            self.log(f"[{name}] profiling {self.repeats} more runs ...")
+            result["profile"] = operator_shares(fn, self.repeats, self.device)
+        return result
 
     def _utilisation(self, result: dict[str, Any]) -> None:
         flops = result.get("model_flop_per_step")
@@ -192,7 +198,7 @@ class BenchmarkRun:
             if name == "ddim":
                 continue
             other = self._measure(f"sample {name}", sampling_step(model, batch["ctp"], steps, self.precision,
-                                                                  sampler=name))
+                                                                  sampler=name), profile=False)
             result["by_sampler"][name] = {"steps": steps, "median_s": other["median_s"],
                                           "slices_per_s": n / other["median_s"]}
         h, w = self.latent_size
