@@ -21,8 +21,17 @@ written): STUDY_SEEDS (2..20, default 3), STUDY_SCALE (multiplies every stage's 
 (0, 100], default 1), STUDY_OUT (default study_output), STUDY_ACCELERATOR (auto, cpu, gpu),
 STUDY_N_TRAIN / STUDY_N_VAL / STUDY_N_TEST (patients, default 16 / 3 / 24), STUDY_SLICES (axial
 slices per patient, default 32), STUDY_SAMPLER (dpmsolver++ or ddim), STUDY_SAMPLE_STEPS (default 20),
-STUDY_COHORT_SEED (default 0). A folder holding another study (other steps, cohort or sampler)
-is refused; more seeds extend a study in its folder.
+STUDY_COHORT_SEED (default 0), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
+configs, sampled and scored beside the latent models: any of pix2pix, cyclegan, pairedcyclegan,
+bbdm, space separated; default none, see below). A folder holding another study (other steps,
+cohort, sampler or baselines) is refused; more seeds extend a study in its folder.
+
+**Baselines** (docs/baselines.md). ``STUDY_BASELINES="pix2pix cyclegan pairedcyclegan bbdm"`` adds
+the four other rows of the paper's Table 1 to every seed (each 1000 lightning steps x STUDY_SCALE: 500
+batches for a GAN, whose two optimisers both count; BBDM from the seed's VQGAN, sampled with the
+bridge sampler at STUDY_SAMPLE_STEPS; a GAN in one pass). They are off by default: with all four the
+planned CPU time exceeds the 90 minutes of the default study (CycleGAN and PairedCycleGAN cost
+several cLDM steps per batch), and they take no part in the primary outcome.
 
 **Power.** The primary outcome is the lesion MAE (DWI and ADC), cLDM-PT minus control per patient
 (each patient's mean over the seeds). The design must detect 10% of the control's lesion MAE at
@@ -62,6 +71,12 @@ KIND = "study"
 VQGAN_CONFIG, LDM_CONFIG, PT_CONFIG = "configs/demo/vqgan.yaml", "configs/demo/ldm.yaml", "configs/demo/ldm_lapt.yaml"
 # steps per stage at STUDY_SCALE=1: those of the demo
 BASE_STEPS = {"vqgan": 800, "ldm": 1000, "pt": 200}
+BASELINE_STEPS = 1000  # lightning max_steps of each Table 1 baseline (a GAN: 500 batches)
+# Table 1 baselines (STUDY_BASELINES): run name -> (label in the tables, demo config)
+BASELINES = {"pix2pix": ("Pix2Pix", "configs/demo/pix2pix.yaml"),
+             "cyclegan": ("CycleGAN", "configs/demo/cyclegan.yaml"),
+             "pairedcyclegan": ("PairedCycleGAN", "configs/demo/paired_cyclegan.yaml"),
+             "bbdm": ("BBDM", "configs/demo/bbdm.yaml")}
 WINDOW = "lesion"
 SIZE = "64 64"
 BATCH_SIZE = 32
@@ -79,6 +94,10 @@ TARGET_RELATIVE_MDE = 0.10
 PLANNING_RELATIVE_SD = 0.14
 # planning rates on the project's 2-core CPU (module docstring), per step, slice or patient-run
 RATE_MINUTES = {"vqgan": 5 / 800, "ldm": 4 / 1000, "pt": 1.5 / 200}
+# per lightning step of each baseline (docs/baselines.md's measurements, relative to the cLDM's step)
+BASELINE_RATE_MINUTES = {"pix2pix": 0.6 / 1000, "cyclegan": 14 / 1000, "pairedcyclegan": 10 / 1000,
+                         "bbdm": 3 / 1000}
+DIRECT_SECONDS_PER_SLICE = 6 / 300  # a GAN's one forward pass per slice, writing included
 SAMPLE_SECONDS_PER_SLICE = 25 / 300
 EVAL_SECONDS_PER_PATIENT_RUN = 20 / 50
 COHORT_MINUTES = 0.5
@@ -100,16 +119,24 @@ class StudySettings:
     sampler: str = "dpmsolver++"
     sample_steps: int = 20
     cohort_seed: int = 0
+    baselines: tuple[str, ...] = ()
     python: str = field(default=sys.executable, compare=False)
 
     @property
     def steps(self) -> dict[str, int]:
         return {k: max(1, round(v * self.scale)) for k, v in BASE_STEPS.items()}
 
+    @property
+    def baseline_steps(self) -> int:
+        return max(1, round(BASELINE_STEPS * self.scale))
+
     def identity(self) -> dict:
         """What makes two studies the same experiment (the number of seeds does not: more extend it)."""
         keep = ("n_train", "n_val", "n_test", "slices", "sampler", "sample_steps", "cohort_seed")
-        return {"steps": self.steps, **{k: v for k, v in asdict(self).items() if k in keep}, "window": WINDOW}
+        identity = {"steps": self.steps, **{k: v for k, v in asdict(self).items() if k in keep}, "window": WINDOW}
+        if self.baselines:  # a study without baselines keeps the identity it had before they existed
+            identity["baselines"] = {"runs": list(self.baselines), "steps": self.baseline_steps}
+        return identity
 
 
 # knob: (field, kind, low, high); kind int or float, or a tuple of the accepted words
@@ -125,6 +152,7 @@ KNOBS: dict[str, tuple[str, object, float | None, float | None]] = {
     "STUDY_SAMPLER": ("sampler", ("dpmsolver++", "ddim"), None, None),
     "STUDY_SAMPLE_STEPS": ("sample_steps", int, 1, 1000),
     "STUDY_COHORT_SEED": ("cohort_seed", int, 0, 2**31 - 1),
+    "STUDY_BASELINES": ("baselines", "words", None, None),
 }
 
 
@@ -135,6 +163,13 @@ def settings_from_env(env: Mapping[str, str], python: str = sys.executable) -> S
     for knob, (name, kind, low, high) in KNOBS.items():
         text = env.get(knob)
         if text is None or text == "":
+            continue
+        if kind == "words":  # STUDY_BASELINES: any of BASELINES, in their order, each once
+            words = text.split()
+            unknown = [w for w in words if w not in BASELINES]
+            if unknown:
+                raise ExperimentError(f"{knob}={text!r}: {unknown[0]!r} is not one of {', '.join(BASELINES)}")
+            values[name] = tuple(b for b in BASELINES if b in words)
             continue
         if isinstance(kind, tuple):
             if text not in kind:
@@ -162,8 +197,13 @@ def estimate_minutes(s: StudySettings) -> dict[str, float]:
     steps = s.steps
     training = s.seeds * (steps["vqgan"] * RATE_MINUTES["vqgan"] + steps["ldm"] * RATE_MINUTES["ldm"]
                           + 3 * steps["pt"] * RATE_MINUTES["pt"])
+    training += s.seeds * sum(s.baseline_steps * BASELINE_RATE_MINUTES[b] for b in s.baselines)
     models = 1 + 1 + len(TARGETS)  # cLDM, control, cLDM-PT per target
     sampling = s.seeds * models * s.n_test * s.slices * SAMPLE_SECONDS_PER_SLICE / 60
+    for b in s.baselines:  # the bridge samples like the latent models, a GAN in one pass
+        per_slice = SAMPLE_SECONDS_PER_SLICE if b == "bbdm" else DIRECT_SECONDS_PER_SLICE
+        sampling += s.seeds * s.n_test * s.slices * per_slice / 60
+    models += len(s.baselines)
     evaluation = s.seeds * s.n_test * (models + 1) * EVAL_SECONDS_PER_PATIENT_RUN / 60
     parts = {"cohort": COHORT_MINUTES, "training": training, "sampling": sampling,
              "reconstruction": s.seeds * RECONSTRUCTION_MINUTES, "evaluation": evaluation}
@@ -298,14 +338,16 @@ class Study:
 
     def sample(self, seed: int, name: str, run_dir: Path) -> Path:
         s, out = self.s, self.layout.samples(seed, name)
-        settings = {"run_dir": run_dir, "data": self.layout.npy / "test", "sampler": s.sampler, "steps": s.sample_steps,
+        # a GAN takes no sampler (one forward pass per slice); BBDM only its bridge sampler
+        sampler = None if name in BASELINES and name != "bbdm" else "bridge" if name == "bbdm" else s.sampler
+        settings = {"run_dir": run_dir, "data": self.layout.npy / "test", "sampler": sampler, "steps": s.sample_steps,
                     "seed": seed}
+        how = ["--sampler", sampler, "--steps", s.sample_steps, "--seed", seed] if sampler else []
         self.runner.run(Stage(
-            f"seed {seed}: sampling {name} ({s.sampler}, {s.sample_steps} steps)",
+            f"seed {seed}: sampling {name} ({f'{sampler}, {s.sample_steps} steps' if sampler else 'one pass'})",
             self.layout.seed(seed) / "records" / f"sample_{name}.json", settings,
             command=[self.py, script("scripts/sample_LDM.py"), "-r", run_dir, "--data", self.layout.npy / "test",
-                     "--outdir", out, "--sampler", s.sampler, "--steps", s.sample_steps, "--batch_size", BATCH_SIZE,
-                     "--seed", seed, *self._device()],
+                     "--outdir", out, *how, "--batch_size", BATCH_SIZE, *self._device()],
             verb="sampled", outputs=self._sample_outputs(out)))
         return out
 
@@ -337,6 +379,10 @@ class Study:
             start = f"model.params.ckpt_path={cldm / CHECKPOINT}"
             run = self.train(seed, name, PT_CONFIG, steps["pt"], (start, *overrides))
             runs[label] = (name, run)
+        for name in self.s.baselines:  # Table 1's other rows, from the demo configs
+            label, config = BASELINES[name]
+            overrides = (f"model.params.first_stage_config.params.ckpt_path={vqgan / CHECKPOINT}",) if name == "bbdm" else ()
+            runs[label] = (name, self.train(seed, name, config, self.s.baseline_steps, overrides))
         predictions = {label: self.sample(seed, name, run) for label, (name, run) in runs.items()}
         return self.evaluate(seed, predictions, reconstruction)
 
@@ -350,8 +396,9 @@ def run_study(settings: StudySettings, dry_run: bool = False) -> Path | None:
     runner = Runner("[study]", dry_run=dry_run)
     minutes = estimate_minutes(settings)
     steps = settings.steps
-    runner.say(f"{settings.seeds} seeds x (VQGAN {steps['vqgan']}, cLDM {steps['ldm']}, 3 x stage 3 {steps['pt']} "
-               f"steps); {settings.n_test} test patients, {settings.sampler} {settings.sample_steps} steps; planned "
+    extra = f", baselines {' '.join(settings.baselines)} {settings.baseline_steps}" if settings.baselines else ""
+    runner.say(f"{settings.seeds} seeds x (VQGAN {steps['vqgan']}, cLDM {steps['ldm']}, 3 x stage 3 {steps['pt']}"
+               f"{extra} steps); {settings.n_test} test patients, {settings.sampler} {settings.sample_steps} steps; planned "
                f"CPU time {minutes['total']:.1f} min on the project's 2 cores (training {minutes['training']:.0f}, "
                f"sampling {minutes['sampling']:.0f}, evaluation {minutes['evaluation']:.0f})")
     if dry_run:
