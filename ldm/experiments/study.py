@@ -95,8 +95,8 @@ PLANNING_RELATIVE_SD = 0.14
 # planning rates on the project's 2-core CPU (module docstring), per step, slice or patient-run
 RATE_MINUTES = {"vqgan": 5 / 800, "ldm": 4 / 1000, "pt": 1.5 / 200}
 # per lightning step of each baseline (docs/baselines.md's measurements, relative to the cLDM's step)
-BASELINE_RATE_MINUTES = {"pix2pix": 0.6 / 1000, "cyclegan": 14 / 1000, "pairedcyclegan": 10 / 1000,
-                         "bbdm": 3 / 1000}
+BASELINE_RATE_MINUTES = {"pix2pix": 1.3 / 1000, "cyclegan": 9.1 / 1000, "pairedcyclegan": 6.8 / 1000,
+                         "bbdm": 4.9 / 1000}
 DIRECT_SECONDS_PER_SLICE = 6 / 300  # a GAN's one forward pass per slice, writing included
 SAMPLE_SECONDS_PER_SLICE = 25 / 300
 EVAL_SECONDS_PER_PATIENT_RUN = 20 / 50
