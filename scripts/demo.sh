@@ -26,8 +26,8 @@
 # Baselines left out of the default demo, for CPU time (docs/baselines.md has the measurements):
 # CycleGAN and PairedCycleGAN (each batch runs four generator passes and two or three discriminators:
 # several times the cLDM's step) and BBDM (a second latent diffusion model, as long to train as the
-# cLDM). `make study` (scripts/study.py) does not train them either yet; add them here with
-# DEMO_BASELINES="pix2pix cyclegan pairedcyclegan bbdm" when time allows.
+# cLDM). Add them with DEMO_BASELINES="pix2pix cyclegan pairedcyclegan bbdm" when time allows;
+# `make study` has all four with STUDY_BASELINES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

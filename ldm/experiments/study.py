@@ -94,7 +94,9 @@ TARGET_RELATIVE_MDE = 0.10
 PLANNING_RELATIVE_SD = 0.14
 # planning rates on the project's 2-core CPU (module docstring), per step, slice or patient-run
 RATE_MINUTES = {"vqgan": 5 / 800, "ldm": 4 / 1000, "pt": 1.5 / 200}
-# per lightning step of each baseline (docs/baselines.md's measurements, relative to the cLDM's step)
+# per lightning step of each baseline: docs/baselines.md's measured time per batch (a GAN's batch is two
+# steps) x 1.76, the ratio of the cLDM's planning rate above to its measured time per batch (the
+# planning rates include validation, checkpoints and start-up)
 BASELINE_RATE_MINUTES = {"pix2pix": 1.3 / 1000, "cyclegan": 9.1 / 1000, "pairedcyclegan": 6.8 / 1000,
                          "bbdm": 4.9 / 1000}
 DIRECT_SECONDS_PER_SLICE = 6 / 300  # a GAN's one forward pass per slice, writing included
@@ -338,8 +340,12 @@ class Study:
 
     def sample(self, seed: int, name: str, run_dir: Path) -> Path:
         s, out = self.s, self.layout.samples(seed, name)
-        # a GAN takes no sampler (one forward pass per slice); BBDM only its bridge sampler
-        sampler = None if name in BASELINES and name != "bbdm" else "bridge" if name == "bbdm" else s.sampler
+        if name == "bbdm":  # a bridge takes only its own sampler
+            sampler = "bridge"
+        elif name in BASELINES:  # a GAN takes none: one forward pass per slice
+            sampler = None
+        else:
+            sampler = s.sampler
         settings = {"run_dir": run_dir, "data": self.layout.npy / "test", "sampler": sampler, "steps": s.sample_steps,
                     "seed": seed}
         how = ["--sampler", sampler, "--steps", s.sample_steps, "--seed", seed] if sampler else []
