@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ldm.util import ConfigError, accepts_keyword
+from ldm.util import ConfigError, accepts_keyword, get_obj_from_str
 
 _MISSING = object()
 
@@ -92,8 +92,11 @@ def check_override_key(config: DictConfig, key: str) -> None:
         if isinstance(owner, DictConfig) and "target" in owner:
             if accepts_keyword(owner.target, leaf):
                 return
+            hint = getattr(get_obj_from_str(owner.target), "unknown_keyword_hint", None)  # e.g. a GAN's
+            reason = hint(leaf) if callable(hint) else None
             raise ConfigError(
                 f"override {key!r} matches nothing: {owner.target} takes no parameter {leaf!r}"
+                + (f": {reason}" if reason else "")
             )
     if isinstance(parent, DictConfig) and parent_key.startswith("lightning.callbacks"):
         return

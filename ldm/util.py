@@ -100,7 +100,10 @@ def _check_keywords(target: str, cls: Any, names: list[str]) -> None:
     accepted = accepted_keywords(cls)
     unknown = [] if accepted is None else [n for n in names if n not in accepted]
     if unknown:
-        raise ConfigError(f"target {target!r} takes no parameter {unknown[0]!r}")
+        # a class may say why a key is wrong (e.g. a GAN given a diffusion sampler option)
+        hint = getattr(cls, "unknown_keyword_hint", None)
+        reason = hint(unknown[0]) if callable(hint) else None
+        raise ConfigError(f"target {target!r} takes no parameter {unknown[0]!r}" + (f": {reason}" if reason else ""))
 
 
 def count_params(model: torch.nn.Module, verbose: bool = False, trainable_only: bool = False) -> int:

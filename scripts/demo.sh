@@ -5,7 +5,8 @@
 # (the reference code's VQGAN reconstruction, and the MRI itself as Eq. 6 writes it) and their
 # control "cLDM (continued)" (stage 3 with both image-space weights 0: same checkpoint, steps, data,
 # augmentation and seed), scored on the same patients with paired statistics, beside the VQGAN's own
-# reconstruction of the test patients (the ceiling of every latent model's lesion).
+# reconstruction of the test patients (the ceiling of every latent model's lesion), and the Table 1
+# baselines that CPU time allows (DEMO_BASELINES, below).
 #
 #   make demo                                   # CPU, within 20 minutes on 2 cores with the install
 #   DEMO_SCALE=20 DEMO_ACCELERATOR=gpu make demo    # every stage trains 20x longer (GPU; not yet measured)
@@ -17,7 +18,16 @@
 # DEMO_PT_TARGETS (the post-training image targets: "reconstruction input", or one of
 # them), DEMO_SAMPLER (dpmsolver++ or ddim, the paper's), DEMO_SAMPLE_STEPS (the sampler's steps;
 # the paper uses 200 DDIM steps), DEMO_ACCELERATOR (auto, cpu or gpu), DEMO_SEED (seed of every
-# training run and of sampling), DEMO_COHORT_SEED (the synthetic cohort).
+# training run and of sampling), DEMO_COHORT_SEED (the synthetic cohort), DEMO_BASELINES (Table 1
+# baselines trained, sampled and scored beside the latent models: any of pix2pix, cyclegan,
+# pairedcyclegan, bbdm; default pix2pix) and DEMO_BASELINE_STEPS (their lightning max_steps, 1000: a
+# GAN counts both optimisers' steps, so 500 batches).
+#
+# Baselines left out of the default demo, for CPU time (docs/baselines.md has the measurements):
+# CycleGAN and PairedCycleGAN (each batch runs four generator passes and two or three discriminators:
+# several times the cLDM's step) and BBDM (a second latent diffusion model, as long to train as the
+# cLDM). Add them with DEMO_BASELINES="pix2pix cyclegan pairedcyclegan bbdm" when time allows;
+# `make study` has all four with STUDY_BASELINES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +46,8 @@ SAMPLE_STEPS=${DEMO_SAMPLE_STEPS:-20}
 ACCEL=${DEMO_ACCELERATOR:-auto}
 SEED=${DEMO_SEED:-0}                # training (every stage) and sampling
 COHORT_SEED=${DEMO_COHORT_SEED:-0}  # the synthetic cohort
+BASELINES=${DEMO_BASELINES-pix2pix}   # Table 1 baselines (set it empty for none)
+BASELINE_STEPS=${DEMO_BASELINE_STEPS:-1000}
 # Steps per stage at DEMO_SCALE=1: the demo fits 20 minutes on a 2-core CPU with room to spare.
 VQGAN_STEPS=${DEMO_VQGAN_STEPS:-800}
 LDM_STEPS=${DEMO_LDM_STEPS:-1000}
@@ -82,7 +94,15 @@ pt_label() { if [ "$1" = reconstruction ]; then echo cLDM-PT; else echo "cLDM-PT
 for target in $PT_TARGETS; do
     case $target in reconstruction|input) ;; *) echo "demo: DEMO_PT_TARGETS: unknown target '$target' (reconstruction, input)" >&2; exit 2;; esac
 done
-N_STAGES=$(( 8 + $(echo "$PT_TARGETS" | wc -w) ))
+# the Table 1 baselines: config and label of each run name
+baseline_config() { case $1 in pix2pix) echo configs/demo/pix2pix.yaml;; cyclegan) echo configs/demo/cyclegan.yaml;;
+    pairedcyclegan) echo configs/demo/paired_cyclegan.yaml;; bbdm) echo configs/demo/bbdm.yaml;; esac; }
+baseline_label() { case $1 in pix2pix) echo Pix2Pix;; cyclegan) echo CycleGAN;; pairedcyclegan) echo PairedCycleGAN;;
+    bbdm) echo BBDM;; esac; }
+for baseline in $BASELINES; do
+    case $baseline in pix2pix|cyclegan|pairedcyclegan|bbdm) ;; *) echo "demo: DEMO_BASELINES: unknown baseline '$baseline' (pix2pix, cyclegan, pairedcyclegan, bbdm)" >&2; exit 2;; esac
+done
+N_STAGES=$(( 8 + $(echo "$PT_TARGETS" | wc -w) + $(echo "$BASELINES" | wc -w) ))
 
 stage "synthetic cohort ($N_TRAIN/$N_VAL/$N_TEST patients, 64 x 64, $SLICES slices) and preprocessing"
 "$PYTHON" -m ldm.data.synthetic --out "$RAW" --size demo --seed "$COHORT_SEED" --slices "$SLICES" \
@@ -126,6 +146,16 @@ stage "control: stage 3 without the image-space terms, cLDM (continued) ($(steps
 CONTROL_RUN="$(latest_run cldm_continued)"
 done_stage
 
+for baseline in $BASELINES; do
+    stage "Table 1 baseline: $(baseline_label "$baseline") ($(steps "$BASELINE_STEPS") steps)"
+    EXTRA_ARGS=()
+    if [ "$baseline" = bbdm ]; then EXTRA_ARGS=("model.params.first_stage_config.params.ckpt_path=$VQGAN_CKPT"); fi
+    # shellcheck disable=SC2046  # train_overrides is a word list on purpose
+    "$PYTHON" main.py --base "$(baseline_config "$baseline")" -t -l "$OUT/logs" -n "$baseline" -s "$SEED" \
+        "${DATA_OVERRIDES[@]}" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} $(train_overrides "$(steps "$BASELINE_STEPS")")
+    done_stage
+done
+
 RUNS=("cldm:$LDM_RUN" "cldm_continued:$CONTROL_RUN")
 PREDS=("cLDM=$OUT/samples/cldm" "cLDM (continued)=$OUT/samples/cldm_continued")
 for target in $PT_TARGETS; do
@@ -139,6 +169,13 @@ for pair in "${RUNS[@]}"; do
     run=${pair#*:}
     "$PYTHON" scripts/sample_LDM.py -r "$run" --data "$NPY/test" --outdir "$OUT/samples/$name" \
         --sampler "$SAMPLER" --steps "$SAMPLE_STEPS" --batch_size 32 --seed "$SEED"
+done
+for baseline in $BASELINES; do
+    SAMPLE_ARGS=()  # a GAN takes no sampler: one forward pass per slice
+    if [ "$baseline" = bbdm ]; then SAMPLE_ARGS=(--sampler bridge --steps "$SAMPLE_STEPS" --seed "$SEED"); fi
+    "$PYTHON" scripts/sample_LDM.py -r "$(latest_run "$baseline")" --data "$NPY/test" \
+        --outdir "$OUT/samples/$baseline" --batch_size 32 ${SAMPLE_ARGS[@]+"${SAMPLE_ARGS[@]}"}
+    PREDS+=("$(baseline_label "$baseline")=$OUT/samples/$baseline")
 done
 done_stage
 

@@ -16,7 +16,11 @@ when the checkpoint has them. Each slice's initial noise is seeded by (seed, pat
 and so is the per-step noise of eta > 0, so the volumes do not depend on --batch_size (up to
 float32 rounding: kernels sum in a batch-size dependent order, ~1e-6 relative). ``--sampler``
 chooses DDIM (the paper's, 200 steps) or DPM-Solver++(2M) (deterministic; quality against time
-in docs/results.md, "Samplers"); a Brownian bridge model uses its bridge sampler.
+in docs/results.md, "Samplers"); a Brownian bridge model uses its bridge sampler. A GAN run (Pix2Pix, CycleGAN,
+PairedCycleGAN: ldm/models/gan, docs/baselines.md) is sampled the same way, with the same outputs: its
+generator maps each slice in one forward pass (eval mode), so ``--sampler`` is refused and
+``--steps``, ``--eta``, ``--initial_noise`` and ``--seed`` do not apply (default folder
+``<run>/samples/direct``).
 Mistakes on the command line or in configs end with one line and exit code 2.
 
 ``--summary`` (with ``--n_samples`` K >= 2) also writes per patient ``{dwi,adc}_mean.nii.gz`` and

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "DEMO_N_TRAIN": "2", "DEMO_N_VAL": "1", "DEMO_N_TEST": "1", "DEMO_SLICES": "6",
     "DEMO_VQGAN_STEPS": "4", "DEMO_LDM_STEPS": "4", "DEMO_LAPT_STEPS": "4", "DEMO_SAMPLE_STEPS": "2",
+    "DEMO_BASELINE_STEPS": "4",
     "DEMO_ACCELERATOR": "cpu",
 }
 
@@ -29,13 +30,13 @@ def test_demo_pipeline_runs_every_stage_and_writes_source_space_volumes(tmp_path
     out = tmp_path / "demo"
     proc = _demo(out, DEMO_PT_TARGETS="reconstruction input")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for k in range(1, 11):
-        assert f"==> [{k}/10]" in proc.stdout
+    for k in range(1, 12):
+        assert f"==> [{k}/11]" in proc.stdout
     assert "Demo finished" in proc.stdout
 
     # one trained run per stage, each with its checkpoint and merged config
     runs = {p.name.split("_", 1)[1]: p for p in (out / "logs").iterdir()}
-    assert set(runs) == {"vqgan", "cldm", "cldm_pt", "cldm_pt_input", "cldm_continued"}
+    assert set(runs) == {"vqgan", "cldm", "cldm_pt", "cldm_pt_input", "cldm_continued", "pix2pix"}
     for run in runs.values():
         assert (run / "checkpoints/last.ckpt").is_file() and list((run / "configs").glob("*.yaml"))
     # post-training and its control started from the stage-2 training weights (init_weights raw, as the
@@ -55,7 +56,7 @@ def test_demo_pipeline_runs_every_stage_and_writes_source_space_volumes(tmp_path
     # the test patient's synthesised volumes lie in its source geometry, zero outside the brain
     (patient,) = [p for p in (out / "raw/test").iterdir() if p.is_dir()]
     dwi_src, mask = nib.load(patient / "dwi.nii.gz"), nib.load(patient / "mask.nii.gz").get_fdata() > 0
-    for model in ("cldm", "cldm_continued", "cldm_pt", "cldm_pt_input", "vqgan"):
+    for model in ("cldm", "cldm_continued", "cldm_pt", "cldm_pt_input", "vqgan", "pix2pix"):
         for modality in ("dwi", "adc"):
             img = nib.load(out / "samples" / model / patient.name / f"{modality}_sample_0.nii.gz")
             assert img.shape == dwi_src.shape
@@ -72,6 +73,7 @@ def test_demo_pipeline_runs_every_stage_and_writes_source_space_volumes(tmp_path
     table = (out / "evaluation/table1.md").read_text()
     assert "| cLDM |" in table and "| cLDM (continued) |" in table and "| cLDM-PT |" in table
     assert "| cLDM-PT (input target) |" in table and "| VQGAN reconstruction (ceiling) |" in table
+    assert "| Pix2Pix |" in table  # the Table 1 baseline the demo's CPU time allows
     assert "| ground truth (training window) |" in table and "### Lesion contrast in physical units" in table
     assert "#### cLDM-PT vs cLDM (continued)" in table and "#### cLDM-PT (input target) vs cLDM (continued)" in table
     assert "Failed slices" in table

@@ -238,3 +238,32 @@ def test_the_report_reads_evaluate_pys_own_files(tmp_path, capsys):
     assert lesion[("cLDM (continued)", "1", "lesion_core_share")] == 0.0
     md = (tmp_path / "study" / "study.md").read_text()
     assert "| VQGAN reconstruction (ceiling) | 1 |" in md and "train 1.0" in md
+
+
+def test_the_table1_baselines_join_every_seed_when_asked(tmp_path, monkeypatch, capsys):
+    python, out, log = _fake_python(tmp_path), tmp_path / "study", tmp_path / "calls.log"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    assert _run(monkeypatch, out, python, STUDY_SEEDS="2", STUDY_BASELINES="bbdm pix2pix") == 0
+    calls = _calls(log)
+    trained = [c for c in calls if "main.py" in c and ("-n pix2pix" in c or "-n bbdm" in c)]
+    assert len(trained) == 4 and all("configs/demo/" in c for c in trained)
+    assert all("first_stage_config.params.ckpt_path=" in c for c in trained if "-n bbdm" in c)
+    sampled = {c.split("--outdir ")[1].split()[0].rsplit("/", 1)[-1]: c for c in calls if "sample_LDM.py" in c
+               and "seed_0" in c}
+    assert "--sampler" not in sampled["pix2pix"]  # a GAN: one forward pass, no sampler
+    assert "--sampler bridge" in sampled["bbdm"] and "--sampler dpmsolver++" in sampled["cldm"]
+    evaluation = next(c for c in calls if "evaluate.py" in c and "seed_1" in c)
+    assert "Pix2Pix=" in evaluation and "BBDM=" in evaluation
+    md = (out / "study.md").read_text()
+    assert "| Pix2Pix | 1 |" in md and "| BBDM | 0 |" in md
+    with_baselines = study.settings_from_env({"STUDY_BASELINES": "pix2pix cyclegan pairedcyclegan bbdm"})
+    assert with_baselines.baselines == ("pix2pix", "cyclegan", "pairedcyclegan", "bbdm")
+    assert study.estimate_minutes(with_baselines)["total"] > study.estimate_minutes(study.settings_from_env({}))["total"]
+    # another set of baselines is another study
+    monkeypatch.delenv("STUDY_BASELINES")
+    assert _run(monkeypatch, out, python, STUDY_SEEDS="2") == 2
+    assert "baselines" in error_line(capsys.readouterr().err, "study.py")
+    capsys.readouterr()
+    monkeypatch.setenv("STUDY_BASELINES", "unet")
+    assert study_script.main(["--python", python]) == 2
+    assert "STUDY_BASELINES='unet'" in error_line(capsys.readouterr().err, "study.py")

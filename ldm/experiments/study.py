@@ -22,8 +22,10 @@ written): STUDY_SEEDS (2..20, default 3), STUDY_SCALE (multiplies every stage's 
 (0, 100], default 1), STUDY_OUT (default study_output), STUDY_ACCELERATOR (auto, cpu, gpu),
 STUDY_N_TRAIN / STUDY_N_VAL / STUDY_N_TEST (patients, default 16 / 3 / 24), STUDY_SLICES (axial
 slices per patient, default 32), STUDY_SAMPLER (dpmsolver++ or ddim), STUDY_SAMPLE_STEPS (default 20),
-STUDY_COHORT_SEED (default 0). A folder holding another study (other steps, cohort or sampler)
-is refused; more seeds extend a study in its folder.
+STUDY_COHORT_SEED (default 0), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
+configs, sampled and scored beside the latent models: any of pix2pix, cyclegan, pairedcyclegan,
+bbdm, space separated; default none, see :mod:`.study_design`). A folder holding another study
+(other steps, cohort, sampler or baselines) is refused; more seeds extend a study in its folder.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from ldm.experiments.runner import (LAST_CHECKPOINT, ExperimentError, Runner, St
 from ldm.experiments.statistics import patients_needed
 # settings_from_env, estimate_minutes and power_plan are re-exported: scripts/study.py and the tests read them here
 from ldm.experiments.study_design import (  # noqa: F401
-    BATCH_SIZE, CLDM, CONTROL, EVALUATION_FILES, KIND, LDM_CONFIG, PLANNING_RELATIVE_SD, PT_CONFIG,
+    BASELINES, BATCH_SIZE, CLDM, CONTROL, EVALUATION_FILES, KIND, LDM_CONFIG, PLANNING_RELATIVE_SD, PT_CONFIG,
     RECONSTRUCTION, SIZE, TARGET_RELATIVE_MDE, TARGETS, VQGAN_CONFIG, WINDOW, StudySettings, estimate_minutes,
     power_plan, settings_from_env)
 from ldm.experiments.study_report import write_report
@@ -161,14 +163,20 @@ class Study:
 
     def sample(self, seed: int, name: str, run_dir: Path) -> Path:
         s, out = self.s, self.layout.samples(seed, name)
-        settings = {"run_dir": run_dir, "data": self.layout.npy / "test", "sampler": s.sampler, "steps": s.sample_steps,
+        if name == "bbdm":  # a bridge takes only its own sampler
+            sampler = "bridge"
+        elif name in BASELINES:  # a GAN takes none: one forward pass per slice
+            sampler = None
+        else:
+            sampler = s.sampler
+        settings = {"run_dir": run_dir, "data": self.layout.npy / "test", "sampler": sampler, "steps": s.sample_steps,
                     "seed": seed}
+        how = ["--sampler", sampler, "--steps", s.sample_steps, "--seed", seed] if sampler else []
         self.runner.run(Stage(
-            f"seed {seed}: sampling {name} ({s.sampler}, {s.sample_steps} steps)",
+            f"seed {seed}: sampling {name} ({f'{sampler}, {s.sample_steps} steps' if sampler else 'one pass'})",
             self.layout.seed(seed) / "records" / f"sample_{name}.json", settings,
             command=[self.py, script("scripts/sample_LDM.py"), "-r", run_dir, "--data", self.layout.npy / "test",
-                     "--outdir", out, "--sampler", s.sampler, "--steps", s.sample_steps, "--batch_size", BATCH_SIZE,
-                     "--seed", seed, *self._device()],
+                     "--outdir", out, *how, "--batch_size", BATCH_SIZE, *self._device()],
             verb="sampled", outputs=self._sample_outputs(out)))
         return out
 
@@ -200,6 +208,11 @@ class Study:
             start = f"model.params.ckpt_path={cldm / LAST_CHECKPOINT}"
             run = self.train(seed, name, PT_CONFIG, steps["pt"], (start, *overrides))
             runs[label] = (name, run)
+        for name in self.s.baselines:  # Table 1's other rows, from the demo configs
+            label, config = BASELINES[name]
+            overrides = (f"model.params.first_stage_config.params.ckpt_path={vqgan / LAST_CHECKPOINT}",) \
+                if name == "bbdm" else ()
+            runs[label] = (name, self.train(seed, name, config, self.s.baseline_steps, overrides))
         predictions = {label: self.sample(seed, name, run) for label, (name, run) in runs.items()}
         return self.evaluate(seed, predictions, reconstruction)
 
@@ -213,8 +226,9 @@ def run_study(settings: StudySettings, dry_run: bool = False) -> Path | None:
     runner = Runner("[study]", dry_run=dry_run)
     minutes = estimate_minutes(settings)
     steps = settings.steps
-    runner.say(f"{settings.seeds} seeds x (VQGAN {steps['vqgan']}, cLDM {steps['ldm']}, 3 x stage 3 {steps['pt']} "
-               f"steps); {settings.n_test} test patients, {settings.sampler} {settings.sample_steps} steps; planned "
+    extra = f", baselines {' '.join(settings.baselines)} {settings.baseline_steps}" if settings.baselines else ""
+    runner.say(f"{settings.seeds} seeds x (VQGAN {steps['vqgan']}, cLDM {steps['ldm']}, 3 x stage 3 {steps['pt']}"
+               f"{extra} steps); {settings.n_test} test patients, {settings.sampler} {settings.sample_steps} steps; planned "
                f"CPU time {minutes['total']:.1f} min on the project's 2 cores (training {minutes['training']:.0f}, "
                f"sampling {minutes['sampling']:.0f}, evaluation {minutes['evaluation']:.0f})")
     if dry_run:

@@ -1,5 +1,12 @@
 """The study's design: its arms, knobs, power plan and time budget (the stages are :mod:`.study`).
 
+**Baselines** (docs/baselines.md). ``STUDY_BASELINES="pix2pix cyclegan pairedcyclegan bbdm"`` adds
+the four other rows of the paper's Table 1 to every seed (each 1000 lightning steps x STUDY_SCALE: 500
+batches for a GAN, whose two optimisers both count; BBDM from the seed's VQGAN, sampled with the
+bridge sampler at STUDY_SAMPLE_STEPS; a GAN in one pass). They are off by default: with all four the
+planned CPU time exceeds the 90 minutes of the default study (CycleGAN and PairedCycleGAN cost
+several cLDM steps per batch), and they take no part in the primary outcome.
+
 **Power.** The primary outcome is the lesion MAE (DWI and ADC), cLDM-PT minus control per patient
 (each patient's mean over the seeds). The design must detect 10% of the control's lesion MAE at
 80% power, two-sided alpha 0.05 (``statistics.py``: MDE = 2.802 sd_diff / sqrt(n)). Planning value
@@ -37,6 +44,12 @@ KIND = "study"
 VQGAN_CONFIG, LDM_CONFIG, PT_CONFIG = "configs/demo/vqgan.yaml", "configs/demo/ldm.yaml", "configs/demo/ldm_lapt.yaml"
 # steps per stage at STUDY_SCALE=1: those of the demo
 BASE_STEPS = {"vqgan": 800, "ldm": 1000, "pt": 200}
+BASELINE_STEPS = 1000  # lightning max_steps of each Table 1 baseline (a GAN: 500 batches)
+# Table 1 baselines (STUDY_BASELINES): run name -> (label in the tables, demo config)
+BASELINES = {"pix2pix": ("Pix2Pix", "configs/demo/pix2pix.yaml"),
+             "cyclegan": ("CycleGAN", "configs/demo/cyclegan.yaml"),
+             "pairedcyclegan": ("PairedCycleGAN", "configs/demo/paired_cyclegan.yaml"),
+             "bbdm": ("BBDM", "configs/demo/bbdm.yaml")}
 WINDOW = "lesion"
 SIZE = "64 64"
 BATCH_SIZE = 32
@@ -53,6 +66,12 @@ TARGET_RELATIVE_MDE = 0.10
 PLANNING_RELATIVE_SD = 0.14
 # planning rates on the project's 2-core CPU (module docstring), per step, slice or patient-run
 RATE_MINUTES = {"vqgan": 5 / 800, "ldm": 4 / 1000, "pt": 1.5 / 200}
+# per lightning step of each baseline: docs/baselines.md's measured time per batch (a GAN's batch is two
+# steps) x 1.76, the ratio of the cLDM's planning rate above to its measured time per batch (the
+# planning rates include validation, checkpoints and start-up)
+BASELINE_RATE_MINUTES = {"pix2pix": 1.3 / 1000, "cyclegan": 9.1 / 1000, "pairedcyclegan": 6.8 / 1000,
+                         "bbdm": 4.9 / 1000}
+DIRECT_SECONDS_PER_SLICE = 6 / 300  # a GAN's one forward pass per slice, writing included
 SAMPLE_SECONDS_PER_SLICE = 25 / 300
 EVAL_SECONDS_PER_PATIENT_RUN = 20 / 50
 COHORT_MINUTES = 0.5
@@ -74,16 +93,24 @@ class StudySettings:
     sampler: str = "dpmsolver++"
     sample_steps: int = 20
     cohort_seed: int = 0
+    baselines: tuple[str, ...] = ()
     python: str = field(default=sys.executable, compare=False)
 
     @property
     def steps(self) -> dict[str, int]:
         return {k: max(1, round(v * self.scale)) for k, v in BASE_STEPS.items()}
 
+    @property
+    def baseline_steps(self) -> int:
+        return max(1, round(BASELINE_STEPS * self.scale))
+
     def identity(self) -> dict:
         """What makes two studies the same experiment (the number of seeds does not: more extend it)."""
         keep = ("n_train", "n_val", "n_test", "slices", "sampler", "sample_steps", "cohort_seed")
-        return {"steps": self.steps, **{k: v for k, v in asdict(self).items() if k in keep}, "window": WINDOW}
+        identity = {"steps": self.steps, **{k: v for k, v in asdict(self).items() if k in keep}, "window": WINDOW}
+        if self.baselines:  # a study without baselines keeps the identity it had before they existed
+            identity["baselines"] = {"runs": list(self.baselines), "steps": self.baseline_steps}
+        return identity
 
 
 # knob: (field, kind, low, high); kind int or float, or a tuple of the accepted words
@@ -99,6 +126,7 @@ KNOBS: dict[str, tuple[str, object, float | None, float | None]] = {
     "STUDY_SAMPLER": ("sampler", ("dpmsolver++", "ddim"), None, None),
     "STUDY_SAMPLE_STEPS": ("sample_steps", int, 1, 1000),
     "STUDY_COHORT_SEED": ("cohort_seed", int, 0, 2**31 - 1),
+    "STUDY_BASELINES": ("baselines", "words", None, None),
 }
 
 
@@ -109,6 +137,13 @@ def settings_from_env(env: Mapping[str, str], python: str = sys.executable) -> S
     for knob, (name, kind, low, high) in KNOBS.items():
         text = env.get(knob)
         if text is None or text == "":
+            continue
+        if kind == "words":  # STUDY_BASELINES: any of BASELINES, in their order, each once
+            words = text.split()
+            unknown = [w for w in words if w not in BASELINES]
+            if unknown:
+                raise ExperimentError(f"{knob}={text!r}: {unknown[0]!r} is not one of {', '.join(BASELINES)}")
+            values[name] = tuple(b for b in BASELINES if b in words)
             continue
         if isinstance(kind, tuple):
             if text not in kind:
@@ -136,8 +171,13 @@ def estimate_minutes(s: StudySettings) -> dict[str, float]:
     steps = s.steps
     training = s.seeds * (steps["vqgan"] * RATE_MINUTES["vqgan"] + steps["ldm"] * RATE_MINUTES["ldm"]
                           + 3 * steps["pt"] * RATE_MINUTES["pt"])
+    training += s.seeds * sum(s.baseline_steps * BASELINE_RATE_MINUTES[b] for b in s.baselines)
     models = 1 + 1 + len(TARGETS)  # cLDM, control, cLDM-PT per target
     sampling = s.seeds * models * s.n_test * s.slices * SAMPLE_SECONDS_PER_SLICE / 60
+    for b in s.baselines:  # the bridge samples like the latent models, a GAN in one pass
+        per_slice = SAMPLE_SECONDS_PER_SLICE if b == "bbdm" else DIRECT_SECONDS_PER_SLICE
+        sampling += s.seeds * s.n_test * s.slices * per_slice / 60
+    models += len(s.baselines)
     evaluation = s.seeds * s.n_test * (models + 1) * EVAL_SECONDS_PER_PATIENT_RUN / 60
     parts = {"cohort": COHORT_MINUTES, "training": training, "sampling": sampling,
              "reconstruction": s.seeds * RECONSTRUCTION_MINUTES, "evaluation": evaluation}

@@ -21,7 +21,7 @@ from ldm.evaluation.run_evaluation import RECONSTRUCTION_NAME
 from ldm.evaluation.tables import MISSING, write_csv
 from ldm.experiments.runner import ExperimentError
 from ldm.experiments.statistics import PooledDifference, means_by, pooled_difference
-from ldm.experiments.study_design import CLDM, CONTROL, TARGETS, TARGET_RELATIVE_MDE, StudySettings
+from ldm.experiments.study_design import BASELINES, CLDM, CONTROL, TARGETS, TARGET_RELATIVE_MDE, StudySettings
 from ldm.io import atomic_write_text
 
 MAPS = ("dwi", "adc")
@@ -180,9 +180,16 @@ def _f(value: float | None, decimals: int, sign: bool = False) -> str:
     return f"{value:+.{decimals}f}" if sign else f"{value:.{decimals}f}"
 
 
+def _runs(scores: Mapping[int, SeedScores]) -> list[str]:
+    """The latent models, the Table 1 baselines the study scored (STUDY_BASELINES), the ceiling."""
+    scored = {run for s in scores.values() for run, _ in s.summary}
+    baselines = [label for label, _ in BASELINES.values() if label in scored]
+    return [CLDM[1], CONTROL[1], *(label for _, label, _ in TARGETS.values()), *baselines, RECONSTRUCTION_NAME]
+
+
 def table1_rows(scores: Mapping[int, SeedScores]) -> list[dict]:
     """Per-seed Table 1 rows of every model and of the VQGAN reconstruction (the ceiling)."""
-    runs = [CLDM[1], CONTROL[1], *(label for _, label, _ in TARGETS.values()), RECONSTRUCTION_NAME]
+    runs = _runs(scores)
     rows = []
     for run in runs:
         for seed, s in scores.items():
@@ -197,7 +204,7 @@ def table1_rows(scores: Mapping[int, SeedScores]) -> list[dict]:
 
 def contrast_rows(scores: Mapping[int, SeedScores]) -> list[dict]:
     """Per-seed rows of the lesion in physical units; the ground truth (the same in every seed) once."""
-    runs = [CLDM[1], CONTROL[1], *(label for _, label, _ in TARGETS.values()), RECONSTRUCTION_NAME]
+    runs = _runs(scores)
     rows = []
     sources = [(truth, {"all": truth_contrast(scores, truth)}) for truth in (GROUND_TRUTH, GROUND_TRUTH_WINDOWED)]
     sources += [(run, {seed: s.contrast_of(run) for seed, s in scores.items()}) for run in runs]

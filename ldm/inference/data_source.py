@@ -33,12 +33,14 @@ def configured_data_root(config: DictConfig, splits: tuple[str, ...]) -> str | N
 
 
 def model_input_size(config: DictConfig) -> tuple[int, int] | None:
-    """The in-plane size the model was trained at: latent ``image_size`` x the first stage's factor."""
+    """The in-plane size the model was trained at: latent ``image_size`` x the first stage's factor, or
+    ``image_size`` itself for a model without a first stage (the GANs work on the images)."""
     image_size = OmegaConf.select(config, "model.params.image_size", default=None)
     ch_mult = OmegaConf.select(config, "model.params.first_stage_config.params.ddconfig.ch_mult", default=None)
-    if image_size is None or ch_mult is None:
+    has_first_stage = OmegaConf.select(config, "model.params.first_stage_config", default=None) is not None
+    if image_size is None or (ch_mult is None and has_first_stage):
         return None
-    factor = 2 ** (len(ch_mult) - 1)
+    factor = 2 ** (len(ch_mult) - 1) if has_first_stage else 1
     sizes = [int(image_size)] * 2 if isinstance(image_size, (int, float)) else [int(s) for s in image_size]
     if len(sizes) != 2:
         return None
@@ -80,8 +82,10 @@ def load_cohort_reference(source: Path | None, data_root: Path):
 
 
 def model_timepoints(config: DictConfig, default: int = 15) -> int:
-    """CTP time points the model takes (the SpatialRescaler's input channels)."""
+    """CTP time points the model takes (the SpatialRescaler's input channels; a GAN's generator's)."""
     value = OmegaConf.select(config, "model.params.cond_stage_config.params.in_channels", default=None)
+    if value is None:
+        value = OmegaConf.select(config, "model.params.generator_config.params.in_channels", default=None)
     return int(value) if value is not None else default
 
 

@@ -121,11 +121,11 @@ def _sample_run(opt: argparse.Namespace, overrides: list[str], held: contextlib.
     from ldm.inference.data_source import (configured_data_root, is_raw_cohort, load_cohort_reference,
                                            model_input_size, model_timepoints, preprocessed_data, reference_source)
     from ldm.inference.run_loading import choose_device, load_model, load_run_config, resolve_run
-    from ldm.inference.slice_sampler import make_slice_sampler
+    from ldm.inference.slice_sampler import DirectSliceSampler, make_slice_sampler, translates_directly
     from ldm.inference.volume_sampler import sample_cohort
     from ldm.io import atomic_write_json
     from ldm.samplers import sampler_class, sampler_name
-    from ldm.util import ConfigError
+    from ldm.util import ConfigError, get_obj_from_str
 
     start = time.time()
     parse_overrides(overrides)
@@ -141,8 +141,15 @@ def _sample_run(opt: argparse.Namespace, overrides: list[str], held: contextlib.
         check_summary_options(opt.n_samples, opt.adc_core_threshold, opt.min_cluster_ml)
     run_files = resolve_run(opt.resume, opt.base)
     config = load_run_config(run_files, overrides)
-    sampler = opt.sampler or config.model.get("params", {}).get("sampler") or default_sampler(config)
-    name = sampler_name(sampler)  # an unknown name fails here, before the model loads
+    direct = translates_directly(get_obj_from_str(config.model.target))
+    if direct:  # a GAN: one forward pass per slice, nothing to sample with
+        if opt.sampler:
+            raise ConfigError(f"--sampler {opt.sampler}: {config.model.target} is a GAN; it translates each slice "
+                              f"in one forward pass and takes no sampler (leave --sampler out)")
+        sampler, name = None, DirectSliceSampler.name
+    else:
+        sampler = opt.sampler or config.model.get("params", {}).get("sampler") or default_sampler(config)
+        name = sampler_name(sampler)  # an unknown name fails here, before the model loads
     data = opt.data or configured_data_root(config, ("test", "validation"))
     if not data:
         raise ConfigError("no --data given and the run's config names no test or validation data_root")
@@ -161,6 +168,8 @@ def _sample_run(opt: argparse.Namespace, overrides: list[str], held: contextlib.
             contract = None
     if opt.outdir:
         outdir = Path(opt.outdir)
+    elif run_files.logdir is not None and direct:
+        outdir = run_files.logdir / "samples" / name
     elif run_files.logdir is not None:  # DDIM's folder keeps the name it had before there were other samplers
         outdir = run_files.logdir / "samples" / (str(opt.steps) if name == "ddim" else f"{name}_{opt.steps}")
     else:
@@ -170,9 +179,11 @@ def _sample_run(opt: argparse.Namespace, overrides: list[str], held: contextlib.
         raise ConfigError(f"--outdir {str(outdir)!r}: {str(blocking)!r} is a file, not a folder")
     settings = {"checkpoint": str(run_files.checkpoint.resolve()), "configs": [str(c) for c in run_files.configs],
                 "overrides": list(overrides), "data": str(data), "sampler": name, "steps": opt.steps, "eta": opt.eta,
-                "step_noise": "per_slice", "sampler_params": to_plain(sampler_class(sampler)[1]),
+                "step_noise": "per_slice", "sampler_params": {} if direct else to_plain(sampler_class(sampler)[1]),
                 "seed": opt.seed, "n_samples": opt.n_samples, "batch_size": opt.batch_size,
                 "precision": opt.precision, "initial_noise": opt.initial_noise}
+    if direct:  # what a GAN's output does not depend on is recorded as such, so resuming never trips on it
+        settings.update(steps=1, eta=0.0, seed=None, initial_noise=None, step_noise=None)
     held.enter_context(outdir_lock(outdir))  # one run per output folder: a second would mix its samples in
     check_settings(outdir, settings)
 
@@ -183,8 +194,14 @@ def _sample_run(opt: argparse.Namespace, overrides: list[str], held: contextlib.
                                            initial_noise=opt.initial_noise, sampler=sampler)
     except ValueError as e:  # e.g. more steps than the model's T
         raise ConfigError(f"--sampler {name} --steps {opt.steps} --eta {opt.eta}: {e}") from e
-    ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
-    print(f"model {config.model.target} from {run_files.checkpoint} ({ema} weights) on {device}")
+    if direct:
+        print(f"model {config.model.target} from {run_files.checkpoint} (a GAN: one forward pass per slice in eval "
+              f"mode; --steps, --eta, --initial_noise and --seed do not apply) on {device}")
+        if opt.n_samples > 1:
+            print(f"note: a GAN's samples are identical: --n_samples {opt.n_samples} writes {opt.n_samples} equal copies")
+    else:
+        ema = "EMA" if getattr(model, "use_ema", False) else "raw (no EMA in the checkpoint)"
+        print(f"model {config.model.target} from {run_files.checkpoint} ({ema} weights) on {device}")
     model_size = model_input_size(config)
     size = tuple(opt.size) if opt.size else model_size or (contract.size if contract else None)
     if contract is not None:
@@ -210,9 +227,9 @@ def _sample_run(opt: argparse.Namespace, overrides: list[str], held: contextlib.
         if ctp_only:
             print(f"{len(ctp_only)} CTP-only patient(s): DWI/ADC scale from the cohort reference "
                   f"({reference.source or 'reference.json'})")
+        how = "the generator in one pass" if direct else f"{name} with {opt.steps} steps, eta {opt.eta}"
         print(f"sampling {len(opt.patients or records)} patient(s) of {data}: {opt.n_samples} sample(s), "
-              f"{name} with {opt.steps} steps, eta {opt.eta}, batch {opt.batch_size}, precision {opt.precision} "
-              f"-> {outdir}")
+              f"{how}, batch {opt.batch_size}, precision {opt.precision} -> {outdir}")
         outdir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(outdir / SETTINGS_FILE, settings)
         with torch.inference_mode():

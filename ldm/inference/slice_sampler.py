@@ -82,7 +82,7 @@ class SliceSampler:
 class AutocastSliceSampler:
     """A slice sampler whose networks run under a precision's autocast; float32 images out."""
 
-    def __init__(self, sampler: SliceSampler, precision: str) -> None:
+    def __init__(self, sampler: "SliceSampler | DirectSliceSampler", precision: str) -> None:
         if precision not in PRECISIONS:  # fail here, before any work
             raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
         self.sampler, self.precision = sampler, precision
@@ -103,10 +103,48 @@ class AutocastSliceSampler:
             return self.sampler(ctp, noise).float()
 
 
+class DirectSliceSampler:
+    """A model that maps CTP to MRI in one forward pass (the GAN baselines, ``ldm.models.gan``: their
+    ``translates_directly`` and ``translate(ctp)``), behind the slice sampler's interface: no sampler,
+    no latent, no noise (``noise`` is ignored), so the volumes do not depend on the seed."""
+
+    name = "direct"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        if not callable(getattr(model, "translate", None)):
+            raise ValueError(f"{type(model).__name__} has no translate(ctp) method")
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def ema_scope(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def __call__(self, ctp: torch.Tensor, noise: NoiseFn | None = None) -> torch.Tensor:
+        # the generator ends in tanh; the clamp only guards the inverse normalisation's domain
+        return self.model.translate(ctp.to(self.device)).float().clamp(-1.0, 1.0)
+
+
+def translates_directly(model: object) -> bool:
+    """Whether ``model`` (or its class) synthesises in one pass, without a sampler (the GANs)."""
+    return bool(getattr(model, "translates_directly", False))
+
+
 def make_slice_sampler(model: torch.nn.Module, steps: int, eta: float | None, precision: str = "32",
                        initial_noise: str = "zero_mean", sampler: str | Mapping | None = None
-                       ) -> SliceSampler | AutocastSliceSampler:
+                       ) -> SliceSampler | AutocastSliceSampler | DirectSliceSampler:
     """The slice sampler for ``model`` with ``sampler`` (default: the model's configured one), under
-    bf16 autocast with ``precision="bf16-mixed"``."""
-    slice_sampler = SliceSampler(model, steps=steps, eta=eta, initial_noise=initial_noise, sampler=sampler)
+    bf16 autocast with ``precision="bf16-mixed"``. A model that translates directly (a GAN) gets a
+    :class:`DirectSliceSampler`; ``steps``, ``eta`` and ``initial_noise`` do not apply to it, and a
+    ``sampler`` is refused."""
+    if translates_directly(model):
+        if sampler is not None:
+            raise ValueError(f"{type(model).__name__} translates a slice in one forward pass and takes no sampler "
+                             f"(got {sampler!r})")
+        slice_sampler = DirectSliceSampler(model)
+    else:
+        slice_sampler = SliceSampler(model, steps=steps, eta=eta, initial_noise=initial_noise, sampler=sampler)
     return slice_sampler if precision in ("32", "32-true") else AutocastSliceSampler(slice_sampler, precision)

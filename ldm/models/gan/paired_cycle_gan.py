@@ -1,0 +1,130 @@
+"""PairedCycleGAN (Chang et al., "PairedCycleGAN: Asymmetric Style Transfer for Applying and Removing
+Makeup", CVPR 2018), ported from makeup transfer to CTP -> MRI with the paired slices used.
+
+The paper couples two asymmetric networks: a forward network G(x, y) that applies the style of a
+reference y to a source x, and a backward network F(y) that removes the style, and trains them
+with (as we read the paper):
+  - adversarial losses for both: D_Y judges G's outputs against real styled images, D_X judges F's
+    outputs against real unstyled ones;
+  - identity loss |F(G(x, y)) - x|_1: the source comes back through both networks;
+  - style loss |G(F(y), G(x, y)) - y|_1: removing y's style and applying the result's must give y;
+  - a style discriminator D_S of *pairs* (reference, result): real pairs share one style (the paper
+    builds them synthetically by warping a reference onto the source face), fake pairs are
+    (reference, G(x, y)). This is where pairing enters.
+
+What applies to CTP -> MRI, and how:
+  - G: CTP -> MRI, the "applying" direction, and F: MRI -> CTP, the "removing" one, are asymmetric:
+    different architectures and capacities (the configs: a 9-block ResNet for G, a 6-block one for
+    F) and 15 -> 2 against 2 -> 15 channels. There is no style reference at test time (only the
+    CTP), so G takes the CTP alone.
+  - adversarial losses: D_MRI on G(CTP), D_CTP on F(MRI) (least squares, as the CycleGAN it builds
+    on, with image pools of 50).
+  - identity loss: |F(G(ctp)) - ctp|_1 (``lambda_identity``).
+  - style loss: with no reference input, G(F(y), G(x, y)) becomes G(F(mri)), so |G(F(mri)) - mri|_1
+    (``lambda_style``).
+  - pair discriminator D_S (``pair_discriminator_config``, a PatchGAN on 17 channels): real pairs
+    are the true, co-registered (CTP, MRI) slices (no warping needed: the data are paired), fake
+    pairs (CTP, G(CTP)) (``lambda_pair``). Unlike CycleGAN the batches are paired.
+  - ``lambda_paired_l1`` (default 0, not in the paper): an optional direct |G(ctp) - mri|_1.
+The paper's makeup-specific parts (per-region networks for eyes, lips, skin; face warping; the
+weights it chose for faces) do not carry over; the weights here are CycleGAN's (10 for each
+reconstruction term, 1 for each adversarial one). docs/baselines.md lists these choices.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ldm.models.gan.adversarial_loss import AdversarialLoss
+from ldm.models.gan.cycle_loss import cycle_losses, weighted_l1
+from ldm.models.gan.image_pool import ImagePool
+from ldm.models.gan.patchgan import judge
+from ldm.models.gan.translation_gan import MRI_CHANNELS, TranslationGAN
+from ldm.util import ConfigError
+
+
+class PairedCycleGAN(TranslationGAN):
+    """generator_config: G (CTP -> MRI); inverse_generator_config: F (MRI -> CTP); discriminator_config:
+    D_MRI; inverse_discriminator_config: D_CTP; pair_discriminator_config: D_S on (CTP, MRI)."""
+
+    def __init__(self, generator_config: Mapping, inverse_generator_config: Mapping, discriminator_config: Mapping,
+                 inverse_discriminator_config: Mapping, pair_discriminator_config: Mapping,
+                 lambda_identity: float = 10.0, lambda_style: float = 10.0, lambda_pair: float = 1.0,
+                 lambda_paired_l1: float = 0.0, pool_size: int = 50, gan_mode: str = "lsgan", **kwargs: Any) -> None:
+        super().__init__(generator_config=generator_config, **kwargs)
+        ctp_channels = getattr(self.generator, "in_channels", None)
+        self.inverse_generator = self._build("inverse_generator_config", inverse_generator_config,
+                                             out_channels=ctp_channels, in_channels=MRI_CHANNELS)
+        self.discriminator = self._build("discriminator_config", discriminator_config, in_channels=MRI_CHANNELS)
+        self.inverse_discriminator = self._build("inverse_discriminator_config", inverse_discriminator_config,
+                                                 in_channels=ctp_channels)
+        self.pair_discriminator = self._build("pair_discriminator_config", pair_discriminator_config,
+                                              in_channels=None if ctp_channels is None else ctp_channels + MRI_CHANNELS)
+        weights = {"lambda_identity": lambda_identity, "lambda_style": lambda_style, "lambda_pair": lambda_pair,
+                   "lambda_paired_l1": lambda_paired_l1}
+        for name, value in weights.items():
+            if value < 0:
+                raise ConfigError(f"model.params.{name} must be >= 0, got {value}")
+        if pool_size < 0:
+            raise ConfigError(f"model.params.pool_size must be >= 0, got {pool_size}")
+        self.lambda_identity, self.lambda_style = float(lambda_identity), float(lambda_style)
+        self.lambda_pair, self.lambda_paired_l1 = float(lambda_pair), float(lambda_paired_l1)
+        self.adversarial = AdversarialLoss(gan_mode)
+        self.fake_mri_pool, self.fake_ctp_pool = ImagePool(pool_size), ImagePool(pool_size)
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return [*self.generator.parameters(), *self.inverse_generator.parameters()]
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return [*self.discriminator.parameters(), *self.inverse_discriminator.parameters(),
+                *self.pair_discriminator.parameters()]
+
+    def generator_loss(self, ctp: torch.Tensor, mri: torch.Tensor
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """(the generators' loss, log, (G(ctp), F(mri))) for a paired batch."""
+        fake_mri = self.generator(ctp)
+        fake_ctp = self.inverse_generator(mri)
+        gan_g = self.adversarial(judge(self.discriminator, fake_mri), True)
+        gan_f = self.adversarial(judge(self.inverse_discriminator, fake_ctp), True)
+        pair = self.lambda_pair * self.adversarial(judge(self.pair_discriminator, ctp, fake_mri), True)
+        identity, style = cycle_losses(ctp, self.inverse_generator(fake_mri), mri, self.generator(fake_ctp),
+                                       self.lambda_identity, self.lambda_style)
+        paired_l1 = weighted_l1(fake_mri, mri, self.lambda_paired_l1)
+        loss = gan_g + gan_f + pair + identity + style + paired_l1
+        log = {"train/loss_g": loss, "train/g_gan": gan_g, "train/f_gan": gan_f, "train/g_pair": pair,
+               "train/identity": identity, "train/style": style, "train/paired_l1": paired_l1}
+        return loss, log, (fake_mri, fake_ctp)
+
+    def discriminator_loss(self, ctp: torch.Tensor, mri: torch.Tensor, fake_mri: torch.Tensor,
+                           fake_ctp: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """D_MRI and D_CTP on pooled fakes; D_S on the true pair against (CTP, G(CTP)) (no pool: a pair
+        from the pool would not belong to this batch's CTP)."""
+        loss_mri = self.adversarial.discriminator(judge(self.discriminator, mri),
+                                                  judge(self.discriminator, self.fake_mri_pool.query(fake_mri)))
+        loss_ctp = self.adversarial.discriminator(judge(self.inverse_discriminator, ctp),
+                                                  judge(self.inverse_discriminator, self.fake_ctp_pool.query(fake_ctp)))
+        loss_pair = self.adversarial.discriminator(judge(self.pair_discriminator, ctp, mri),
+                                                   judge(self.pair_discriminator, ctp, fake_mri.detach()))
+        loss = loss_mri + loss_ctp + loss_pair
+        return loss, {"train/loss_d": loss, "train/d_mri": loss_mri, "train/d_ctp": loss_ctp, "train/d_pair": loss_pair}
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        ctp, mri = self.get_input(batch)
+        opt_g, opt_d = self.optimizers()
+        step = self._begin_batch()
+
+        self.toggle_optimizer(opt_g)  # the discriminators' weights get no gradient from the generators' loss
+        loss_g, log, (fake_mri, fake_ctp) = self.generator_loss(ctp, mri)
+        self._update(opt_g, loss_g, step)
+        self.untoggle_optimizer(opt_g)
+
+        self.toggle_optimizer(opt_d)
+        loss_d, log_d = self.discriminator_loss(ctp, mri, fake_mri, fake_ctp)
+        self._update(opt_d, loss_d, step)
+        self.untoggle_optimizer(opt_d)
+
+        self._end_batch(step)
+        self._log_train({**log, **log_d}, ctp.shape[0])
