@@ -1,12 +1,12 @@
-"""Adam and AdamW with torch's fused implementation wherever the parameters allow it.
+"""Adam and AdamW with torch's fused implementation where the parameters are on a GPU.
 
 The fused kernel updates every tensor in one pass; the default (per-tensor) implementation loops over
-the UNet's ~190 parameters with several small kernels each. On the project's 2-core CPU (torch
-2.13.0, configs/benchmark/small.yaml's UNet, 2.8 M parameters in 186 tensors) one AdamW step took
-184 ms per tensor and 16 ms fused, interleaved in one process while other work loaded the machine
-(``foreach`` does not help on a CPU: 187 ms); on a GPU fused is the fastest path too. The update is the same algorithm; it differs from the per-tensor one by float
-rounding only (tests/test_optim.py). Any parameter off a device with a fused kernel, or not a
-floating-point tensor, falls back to torch's default.
+the UNet's ~190 parameters with several small kernels each, which a GPU pays for in launches. On the
+CPU the fused kernel exists too, but it is not chosen: on the project's 2-core CPU (torch 2.13.0,
+configs/benchmark/small.yaml's UNet, 2.8 M parameters in 186 tensors, nothing else running) one AdamW
+step takes 12.4 ms per tensor and 3.2 ms fused, about 5% of a 190 ms stage-2 step, and fusing changes
+the float rounding of every update, so that CPU training runs would no longer give the figures that
+README and docs/results.md report. Parameters off a GPU, or not floating point, keep torch's default.
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
-FUSED_DEVICE_TYPES = ("cpu", "cuda")
+FUSED_DEVICE_TYPES = ("cuda",)
 
 
 def can_fuse(params: Iterable[torch.Tensor]) -> bool:
-    """Whether torch's fused Adam(W) can update all of ``params`` (one device type that has the
-    kernel, floating-point tensors)."""
+    """Whether :func:`adam` fuses the update of ``params``: all floating point, all on one device type
+    of :data:`FUSED_DEVICE_TYPES`."""
     params = list(params)
     if not params:
         return False
@@ -32,7 +32,7 @@ def can_fuse(params: Iterable[torch.Tensor]) -> bool:
 def adam(params: Iterable[torch.nn.Parameter], *, decoupled_weight_decay: bool = False,
          **kwargs: Any) -> torch.optim.Optimizer:
     """``torch.optim.AdamW`` (``decoupled_weight_decay``) or ``torch.optim.Adam`` over ``params``,
-    fused where :func:`can_fuse` allows; ``kwargs`` are the optimiser's (lr, betas, ...)."""
+    fused where :func:`can_fuse` says so; ``kwargs`` are the optimiser's (lr, betas, ...)."""
     params = list(params)
     cls = torch.optim.AdamW if decoupled_weight_decay else torch.optim.Adam
     return cls(params, fused=True if can_fuse(params) else None, **kwargs)
