@@ -29,11 +29,12 @@ from ldm.models.gan.adversarial_loss import AdversarialLoss
 from ldm.models.gan.cycle_loss import cycle_losses
 from ldm.models.gan.image_pool import ImagePool
 from ldm.models.gan.patchgan import judge
+from ldm.models.gan.cycle_training import CycleTraining
 from ldm.models.gan.translation_gan import MRI_CHANNELS, TranslationGAN
 from ldm.util import ConfigError
 
 
-class CycleGAN(TranslationGAN):
+class CycleGAN(CycleTraining, TranslationGAN):
     """generator_config: G (CTP -> MRI); inverse_generator_config: F (MRI -> CTP);
     discriminator_config: D_MRI (2 channels); inverse_discriminator_config: D_CTP (15 channels);
     lambda_cycle_ctp / lambda_cycle_mri: the release's lambda_A / lambda_B (10); pool_size: 50."""
@@ -90,21 +91,3 @@ class CycleGAN(TranslationGAN):
                                                   judge(self.inverse_discriminator, self.fake_ctp_pool.query(fake_ctp)))
         return loss_mri + loss_ctp, {"train/loss_d": loss_mri + loss_ctp, "train/d_mri": loss_mri,
                                      "train/d_ctp": loss_ctp}
-
-    def training_step(self, batch, batch_idx: int) -> None:
-        ctp, mri = self.get_input(batch)
-        opt_g, opt_d = self.optimizers()
-        step = self._begin_batch()
-
-        self.toggle_optimizer(opt_g)  # the discriminators' weights get no gradient from the generators' loss
-        loss_g, log, (fake_mri, fake_ctp) = self.generator_loss(ctp, mri)
-        self._update(opt_g, loss_g, step)
-        self.untoggle_optimizer(opt_g)
-
-        self.toggle_optimizer(opt_d)
-        loss_d, log_d = self.discriminator_loss(ctp, mri, fake_mri, fake_ctp)
-        self._update(opt_d, loss_d, step)
-        self.untoggle_optimizer(opt_d)
-
-        self._end_batch(step)
-        self._log_train({**log, **log_d}, ctp.shape[0])

@@ -42,11 +42,12 @@ from ldm.models.gan.adversarial_loss import AdversarialLoss
 from ldm.models.gan.cycle_loss import cycle_losses, weighted_l1
 from ldm.models.gan.image_pool import ImagePool
 from ldm.models.gan.patchgan import judge
+from ldm.models.gan.cycle_training import CycleTraining
 from ldm.models.gan.translation_gan import MRI_CHANNELS, TranslationGAN
 from ldm.util import ConfigError
 
 
-class PairedCycleGAN(TranslationGAN):
+class PairedCycleGAN(CycleTraining, TranslationGAN):
     """generator_config: G (CTP -> MRI); inverse_generator_config: F (MRI -> CTP); discriminator_config:
     D_MRI; inverse_discriminator_config: D_CTP; pair_discriminator_config: D_S on (CTP, MRI)."""
 
@@ -110,21 +111,3 @@ class PairedCycleGAN(TranslationGAN):
                                                    judge(self.pair_discriminator, ctp, fake_mri.detach()))
         loss = loss_mri + loss_ctp + loss_pair
         return loss, {"train/loss_d": loss, "train/d_mri": loss_mri, "train/d_ctp": loss_ctp, "train/d_pair": loss_pair}
-
-    def training_step(self, batch, batch_idx: int) -> None:
-        ctp, mri = self.get_input(batch)
-        opt_g, opt_d = self.optimizers()
-        step = self._begin_batch()
-
-        self.toggle_optimizer(opt_g)  # the discriminators' weights get no gradient from the generators' loss
-        loss_g, log, (fake_mri, fake_ctp) = self.generator_loss(ctp, mri)
-        self._update(opt_g, loss_g, step)
-        self.untoggle_optimizer(opt_g)
-
-        self.toggle_optimizer(opt_d)
-        loss_d, log_d = self.discriminator_loss(ctp, mri, fake_mri, fake_ctp)
-        self._update(opt_d, loss_d, step)
-        self.untoggle_optimizer(opt_d)
-
-        self._end_batch(step)
-        self._log_train({**log, **log_d}, ctp.shape[0])
