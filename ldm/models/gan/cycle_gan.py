@@ -23,12 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
-from ldm.models.gan.adversarial_loss import AdversarialLoss
-from ldm.models.gan.cycle_loss import cycle_losses
-from ldm.models.gan.image_pool import ImagePool
-from ldm.models.gan.patchgan import judge
 from ldm.models.gan.cycle_training import CycleTraining
 from ldm.models.gan.translation_gan import MRI_CHANNELS, TranslationGAN
 from ldm.util import ConfigError
@@ -43,12 +38,8 @@ class CycleGAN(CycleTraining, TranslationGAN):
                  inverse_discriminator_config: Mapping, lambda_cycle_ctp: float = 10.0, lambda_cycle_mri: float = 10.0,
                  lambda_identity: float = 0.0, pool_size: int = 50, gan_mode: str = "lsgan", **kwargs: Any) -> None:
         super().__init__(generator_config=generator_config, **kwargs)
-        ctp_channels = getattr(self.generator, "in_channels", None)
-        self.inverse_generator = self._build("inverse_generator_config", inverse_generator_config,
-                                             out_channels=ctp_channels, in_channels=MRI_CHANNELS)
-        self.discriminator = self._build("discriminator_config", discriminator_config, in_channels=MRI_CHANNELS)
-        self.inverse_discriminator = self._build("inverse_discriminator_config", inverse_discriminator_config,
-                                                 in_channels=ctp_channels)
+        ctp_channels = self._build_cycle_players(inverse_generator_config, discriminator_config,
+                                                 inverse_discriminator_config, pool_size, gan_mode)
         for name, value in (("lambda_cycle_ctp", lambda_cycle_ctp), ("lambda_cycle_mri", lambda_cycle_mri)):
             if value < 0:
                 raise ConfigError(f"model.params.{name} must be >= 0, got {value}")
@@ -56,27 +47,13 @@ class CycleGAN(CycleTraining, TranslationGAN):
             raise ConfigError(f"model.params.lambda_identity is {lambda_identity}: the identity term |G(y) - y| "
                               f"needs a generator whose input and output channels agree, and CTP -> MRI is "
                               f"{ctp_channels} -> {MRI_CHANNELS} (and MRI -> CTP the reverse); set it to 0")
-        if pool_size < 0:
-            raise ConfigError(f"model.params.pool_size must be >= 0, got {pool_size}")
         self.lambda_cycle_ctp, self.lambda_cycle_mri = float(lambda_cycle_ctp), float(lambda_cycle_mri)
-        self.adversarial = AdversarialLoss(gan_mode)
-        self.fake_mri_pool, self.fake_ctp_pool = ImagePool(pool_size), ImagePool(pool_size)
-
-    def generator_parameters(self) -> list[nn.Parameter]:
-        return [*self.generator.parameters(), *self.inverse_generator.parameters()]
-
-    def discriminator_parameters(self) -> list[nn.Parameter]:
-        return [*self.discriminator.parameters(), *self.inverse_discriminator.parameters()]
 
     def generator_loss(self, ctp: torch.Tensor, mri: torch.Tensor
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """(L_GAN(G) + L_GAN(F) + cycle terms, log, (G(x), F(y))); ``mri`` need not be ``ctp``'s pair."""
-        fake_mri = self.generator(ctp)
-        fake_ctp = self.inverse_generator(mri)
-        gan_g = self.adversarial(judge(self.discriminator, fake_mri), True)
-        gan_f = self.adversarial(judge(self.inverse_discriminator, fake_ctp), True)
-        cycle_ctp, cycle_mri = cycle_losses(ctp, self.inverse_generator(fake_mri), mri, self.generator(fake_ctp),
-                                            self.lambda_cycle_ctp, self.lambda_cycle_mri)
+        fake_mri, fake_ctp, gan_g, gan_f, cycle_ctp, cycle_mri = self.cycle_terms(
+            ctp, mri, self.lambda_cycle_ctp, self.lambda_cycle_mri)
         loss = gan_g + gan_f + cycle_ctp + cycle_mri
         log = {"train/loss_g": loss, "train/g_gan": gan_g, "train/f_gan": gan_f, "train/cycle_ctp": cycle_ctp,
                "train/cycle_mri": cycle_mri}
@@ -85,9 +62,6 @@ class CycleGAN(CycleTraining, TranslationGAN):
     def discriminator_loss(self, ctp: torch.Tensor, mri: torch.Tensor, fake_mri: torch.Tensor,
                            fake_ctp: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Both discriminators' halved losses on real images and pooled (detached) fakes."""
-        loss_mri = self.adversarial.discriminator(judge(self.discriminator, mri),
-                                                  judge(self.discriminator, self.fake_mri_pool.query(fake_mri)))
-        loss_ctp = self.adversarial.discriminator(judge(self.inverse_discriminator, ctp),
-                                                  judge(self.inverse_discriminator, self.fake_ctp_pool.query(fake_ctp)))
+        loss_mri, loss_ctp = self.domain_discriminator_losses(ctp, mri, fake_mri, fake_ctp)
         return loss_mri + loss_ctp, {"train/loss_d": loss_mri + loss_ctp, "train/d_mri": loss_mri,
                                      "train/d_ctp": loss_ctp}

@@ -38,9 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldm.models.gan.adversarial_loss import AdversarialLoss
-from ldm.models.gan.cycle_loss import cycle_losses, weighted_l1
-from ldm.models.gan.image_pool import ImagePool
+from ldm.models.gan.cycle_loss import weighted_l1
 from ldm.models.gan.patchgan import judge
 from ldm.models.gan.cycle_training import CycleTraining
 from ldm.models.gan.translation_gan import MRI_CHANNELS, TranslationGAN
@@ -56,12 +54,8 @@ class PairedCycleGAN(CycleTraining, TranslationGAN):
                  lambda_identity: float = 10.0, lambda_style: float = 10.0, lambda_pair: float = 1.0,
                  lambda_paired_l1: float = 0.0, pool_size: int = 50, gan_mode: str = "lsgan", **kwargs: Any) -> None:
         super().__init__(generator_config=generator_config, **kwargs)
-        ctp_channels = getattr(self.generator, "in_channels", None)
-        self.inverse_generator = self._build("inverse_generator_config", inverse_generator_config,
-                                             out_channels=ctp_channels, in_channels=MRI_CHANNELS)
-        self.discriminator = self._build("discriminator_config", discriminator_config, in_channels=MRI_CHANNELS)
-        self.inverse_discriminator = self._build("inverse_discriminator_config", inverse_discriminator_config,
-                                                 in_channels=ctp_channels)
+        ctp_channels = self._build_cycle_players(inverse_generator_config, discriminator_config,
+                                                 inverse_discriminator_config, pool_size, gan_mode)
         self.pair_discriminator = self._build("pair_discriminator_config", pair_discriminator_config,
                                               in_channels=None if ctp_channels is None else ctp_channels + MRI_CHANNELS)
         weights = {"lambda_identity": lambda_identity, "lambda_style": lambda_style, "lambda_pair": lambda_pair,
@@ -69,30 +63,18 @@ class PairedCycleGAN(CycleTraining, TranslationGAN):
         for name, value in weights.items():
             if value < 0:
                 raise ConfigError(f"model.params.{name} must be >= 0, got {value}")
-        if pool_size < 0:
-            raise ConfigError(f"model.params.pool_size must be >= 0, got {pool_size}")
         self.lambda_identity, self.lambda_style = float(lambda_identity), float(lambda_style)
         self.lambda_pair, self.lambda_paired_l1 = float(lambda_pair), float(lambda_paired_l1)
-        self.adversarial = AdversarialLoss(gan_mode)
-        self.fake_mri_pool, self.fake_ctp_pool = ImagePool(pool_size), ImagePool(pool_size)
-
-    def generator_parameters(self) -> list[nn.Parameter]:
-        return [*self.generator.parameters(), *self.inverse_generator.parameters()]
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
-        return [*self.discriminator.parameters(), *self.inverse_discriminator.parameters(),
-                *self.pair_discriminator.parameters()]
+        return [*super().discriminator_parameters(), *self.pair_discriminator.parameters()]
 
     def generator_loss(self, ctp: torch.Tensor, mri: torch.Tensor
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """(the generators' loss, log, (G(ctp), F(mri))) for a paired batch."""
-        fake_mri = self.generator(ctp)
-        fake_ctp = self.inverse_generator(mri)
-        gan_g = self.adversarial(judge(self.discriminator, fake_mri), True)
-        gan_f = self.adversarial(judge(self.inverse_discriminator, fake_ctp), True)
+        fake_mri, fake_ctp, gan_g, gan_f, identity, style = self.cycle_terms(
+            ctp, mri, self.lambda_identity, self.lambda_style)
         pair = self.lambda_pair * self.adversarial(judge(self.pair_discriminator, ctp, fake_mri), True)
-        identity, style = cycle_losses(ctp, self.inverse_generator(fake_mri), mri, self.generator(fake_ctp),
-                                       self.lambda_identity, self.lambda_style)
         paired_l1 = weighted_l1(fake_mri, mri, self.lambda_paired_l1)
         loss = gan_g + gan_f + pair + identity + style + paired_l1
         log = {"train/loss_g": loss, "train/g_gan": gan_g, "train/f_gan": gan_f, "train/g_pair": pair,
@@ -103,10 +85,7 @@ class PairedCycleGAN(CycleTraining, TranslationGAN):
                            fake_ctp: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """D_MRI and D_CTP on pooled fakes; D_S on the true pair against (CTP, G(CTP)) (no pool: a pair
         from the pool would not belong to this batch's CTP)."""
-        loss_mri = self.adversarial.discriminator(judge(self.discriminator, mri),
-                                                  judge(self.discriminator, self.fake_mri_pool.query(fake_mri)))
-        loss_ctp = self.adversarial.discriminator(judge(self.inverse_discriminator, ctp),
-                                                  judge(self.inverse_discriminator, self.fake_ctp_pool.query(fake_ctp)))
+        loss_mri, loss_ctp = self.domain_discriminator_losses(ctp, mri, fake_mri, fake_ctp)
         loss_pair = self.adversarial.discriminator(judge(self.pair_discriminator, ctp, mri),
                                                    judge(self.pair_discriminator, ctp, fake_mri.detach()))
         loss = loss_mri + loss_ctp + loss_pair
