@@ -15,6 +15,8 @@
 # steps of every stage), DEMO_N_TRAIN / DEMO_N_VAL / DEMO_N_TEST (patients), DEMO_SLICES (axial
 # slices per patient), DEMO_WINDOW (intensity window: lesion, or reference_percentile, the
 # reference's), DEMO_LESION_WEIGHT (the VQGAN's lesion-weighted L1, 20; 0 is the reference's loss),
+# DEMO_LDM_LESION_WEIGHT (the lesion-weighted L_latent of stages 2 and 3, 20; 0 is the paper's Eq. 4),
+# DEMO_CLIP_X0 (1: the latent models' sampler clips x0_hat to the codebook's range; 0: as the reference),
 # DEMO_PT_TARGETS (the post-training image targets: "reconstruction input", or one of
 # them), DEMO_SAMPLER (dpmsolver++ or ddim, the paper's), DEMO_SAMPLE_STEPS (the sampler's steps;
 # the paper uses 200 DDIM steps), DEMO_ACCELERATOR (auto, cpu or gpu), DEMO_SEED (seed of every
@@ -40,6 +42,9 @@ N_TEST=${DEMO_N_TEST:-10}          # stratified lesion volumes: 4 test patients 
 SLICES=${DEMO_SLICES:-32}          # the whole brain
 WINDOW=${DEMO_WINDOW:-lesion}
 LESION_WEIGHT=${DEMO_LESION_WEIGHT:-20}
+LDM_LESION_WEIGHT=${DEMO_LDM_LESION_WEIGHT:-20}
+case ${DEMO_CLIP_X0:-1} in 1) CLIP_X0=--clip_x0;; 0) CLIP_X0=--no-clip_x0;;
+    *) echo "demo: DEMO_CLIP_X0 must be 1 or 0, got '${DEMO_CLIP_X0}'" >&2; exit 2;; esac
 PT_TARGETS=${DEMO_PT_TARGETS:-"reconstruction input"}
 SAMPLER=${DEMO_SAMPLER:-dpmsolver++}   # 20 steps: within 2% of DDIM-200's lesion MAE (docs/results.md, Samplers)
 SAMPLE_STEPS=${DEMO_SAMPLE_STEPS:-20}
@@ -120,7 +125,8 @@ done_stage
 
 stage "stage 2: conditional LDM, cLDM ($(steps "$LDM_STEPS") steps)"
 "$PYTHON" main.py --base configs/demo/ldm.yaml -t -l "$OUT/logs" -n cldm -s "$SEED" "${DATA_OVERRIDES[@]}" \
-    "model.params.first_stage_config.params.ckpt_path=$VQGAN_CKPT" $(train_overrides "$(steps "$LDM_STEPS")")
+    "model.params.first_stage_config.params.ckpt_path=$VQGAN_CKPT" "model.params.lesion_weight=$LDM_LESION_WEIGHT" \
+    $(train_overrides "$(steps "$LDM_STEPS")")
 LDM_RUN="$(latest_run cldm)"
 done_stage
 
@@ -133,7 +139,8 @@ for target in $PT_TARGETS; do
     # Only the image target differs between these runs and the control (same raw stage-2 weights, steps, seed).
     "$PYTHON" main.py --base configs/demo/ldm_lapt.yaml -t -l "$OUT/logs" -n "$(pt_name "$target")" -s "$SEED" \
         "${DATA_OVERRIDES[@]}" "model.params.ckpt_path=$LDM_RUN/checkpoints/last.ckpt" \
-        "model.params.image_target=$target" $(train_overrides "$(steps "$LAPT_STEPS")")
+        "model.params.image_target=$target" "model.params.lesion_weight=$LDM_LESION_WEIGHT" \
+        $(train_overrides "$(steps "$LAPT_STEPS")")
     done_stage
 done
 
@@ -142,7 +149,8 @@ stage "control: stage 3 without the image-space terms, cLDM (continued) ($(steps
 # augmentation and seed, so any difference to cLDM-PT is the image-space terms' doing.
 "$PYTHON" main.py --base configs/demo/ldm_lapt.yaml -t -l "$OUT/logs" -n cldm_continued -s "$SEED" \
     "${DATA_OVERRIDES[@]}" "model.params.ckpt_path=$LDM_RUN/checkpoints/last.ckpt" \
-    model.params.lambda_image=0 model.params.lambda_lesion=0 $(train_overrides "$(steps "$LAPT_STEPS")")
+    model.params.lambda_image=0 model.params.lambda_lesion=0 "model.params.lesion_weight=$LDM_LESION_WEIGHT" \
+    $(train_overrides "$(steps "$LAPT_STEPS")")
 CONTROL_RUN="$(latest_run cldm_continued)"
 done_stage
 
@@ -168,7 +176,7 @@ for pair in "${RUNS[@]}"; do
     name=${pair%%:*}
     run=${pair#*:}
     "$PYTHON" scripts/sample_LDM.py -r "$run" --data "$NPY/test" --outdir "$OUT/samples/$name" \
-        --sampler "$SAMPLER" --steps "$SAMPLE_STEPS" --batch_size 32 --seed "$SEED"
+        --sampler "$SAMPLER" --steps "$SAMPLE_STEPS" "$CLIP_X0" --batch_size 32 --seed "$SEED"
 done
 for baseline in $BASELINES; do
     SAMPLE_ARGS=()  # a GAN takes no sampler: one forward pass per slice

@@ -61,7 +61,8 @@ def test_demo_config_builds_and_runs_on_64x64_slices():
     model.learning_rate = 1e-4
     g = torch.Generator().manual_seed(0)
     batch = {"mri": torch.rand(2, 2, 64, 64, generator=g) * 2 - 1,
-             "ctp": torch.rand(2, 15, 64, 64, generator=g) * 2 - 1}
+             "ctp": torch.rand(2, 15, 64, 64, generator=g) * 2 - 1,
+             "lesion": (torch.rand(2, 1, 64, 64, generator=g) > 0.95).float()}  # the demo's L_latent is lesion-weighted
     z, c = model.get_input(batch, "mri", force_c_encode=True)
     assert z.shape == (2, 3, 16, 16) and c.shape == (2, 15, 16, 16)
     loss, _ = model.shared_step(batch)

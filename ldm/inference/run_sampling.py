@@ -124,7 +124,7 @@ def _sample_run(opt: argparse.Namespace, overrides: list[str], held: contextlib.
     from ldm.inference.slice_sampler import DirectSliceSampler, make_slice_sampler, translates_directly
     from ldm.inference.volume_sampler import sample_cohort
     from ldm.io import atomic_write_json
-    from ldm.samplers import sampler_class, sampler_name
+    from ldm.samplers import sampler_class, sampler_name, with_sampler_params
     from ldm.util import ConfigError, get_obj_from_str
 
     start = time.time()
@@ -143,6 +143,8 @@ def _sample_run(opt: argparse.Namespace, overrides: list[str], held: contextlib.
     config = load_run_config(run_files, overrides)
     direct = translates_directly(get_obj_from_str(config.model.target))
     if direct:  # a GAN: one forward pass per slice, nothing to sample with
+        if getattr(opt, "clip_x0", None) is not None:
+            raise ConfigError(f"--clip_x0: {config.model.target} is a GAN; it has no x0_hat to clip (leave --clip_x0 out)")
         if opt.sampler:
             raise ConfigError(f"--sampler {opt.sampler}: {config.model.target} is a GAN; it translates each slice "
                               f"in one forward pass and takes no sampler (leave --sampler out)")
@@ -150,6 +152,8 @@ def _sample_run(opt: argparse.Namespace, overrides: list[str], held: contextlib.
     else:
         sampler = opt.sampler or config.model.get("params", {}).get("sampler") or default_sampler(config)
         name = sampler_name(sampler)  # an unknown name fails here, before the model loads
+        if getattr(opt, "clip_x0", None) is not None:
+            sampler = with_sampler_params(sampler, clip_x0=bool(opt.clip_x0))
     data = opt.data or configured_data_root(config, ("test", "validation"))
     if not data:
         raise ConfigError("no --data given and the run's config names no test or validation data_root")
@@ -171,7 +175,8 @@ def _sample_run(opt: argparse.Namespace, overrides: list[str], held: contextlib.
     elif run_files.logdir is not None and direct:
         outdir = run_files.logdir / "samples" / name
     elif run_files.logdir is not None:  # DDIM's folder keeps the name it had before there were other samplers
-        outdir = run_files.logdir / "samples" / (str(opt.steps) if name == "ddim" else f"{name}_{opt.steps}")
+        clipped = "_clip" if sampler_class(sampler)[1].get("clip_x0") else ""
+        outdir = run_files.logdir / "samples" / ((str(opt.steps) if name == "ddim" else f"{name}_{opt.steps}") + clipped)
     else:
         raise ConfigError("give --outdir")
     blocking = next((p for p in (outdir, *outdir.parents) if p.exists() and not p.is_dir()), None)

@@ -36,6 +36,9 @@ def sampling_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=None, choices=SAMPLER_CHOICES,
                    help="sampler (default: the model config's `sampler`, DDIM for the cLDM; docs/sampling.md)")
     p.add_argument("--steps", type=int, default=200, help="sampler steps = denoiser evaluations (the paper: 200 DDIM)")
+    p.add_argument("--clip_x0", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip each x0_hat to the first stage's codebook range (DDIM, DPM-Solver++; default: the "
+                        "sampler config's, off as in the reference; docs/sampling.md, Clipping x0_hat)")
     p.add_argument("--eta", type=float, default=0.0,
                    help="DDIM / bridge eta (0: deterministic; DPM-Solver++ takes 0 only)")
     p.add_argument("--initial_noise", choices=("zero_mean", "gaussian"), default="zero_mean",

@@ -39,6 +39,13 @@ def sampler_name(spec: str | Mapping) -> str:
     return str(getattr(cls, "name", cls.__name__))
 
 
+def with_sampler_params(spec: str | Mapping, **params: Any) -> dict:
+    """``spec`` as a ``{target, params}`` node with ``params`` set over its own."""
+    cls, own = sampler_class(spec)
+    target = SAMPLERS[spec] if isinstance(spec, str) else str(spec["target"])
+    return {"target": target, "params": {**own, **params}}
+
+
 def make_sampler(spec: str | Mapping, model: Any) -> Any:
     """The sampler ``spec`` names, around ``model``."""
     cls, params = sampler_class(spec)

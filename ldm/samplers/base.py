@@ -24,6 +24,8 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
+from ldm.util import ConfigError
+
 
 class LatentSampler(Protocol):
     name: ClassVar[str]
@@ -82,3 +84,20 @@ def predict_start(model: Any, x: torch.Tensor, model_output: torch.Tensor, sqrt_
     if getattr(model, "parameterization", "eps") == "x0":
         return out.copy_(model_output)
     return torch.sub(x, model_output, alpha=sqrt_1m_a, out=out).div_(sqrt_a)
+
+
+def denoised_bounds(name: str, model: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi), broadcastable to a latent batch: the box x0_hat is clipped to with ``clip_x0``
+    (``model.denoised_range()``: the codebook's per-channel range for a VQ latent model, [-1, 1] in
+    pixel space). A model without one is refused, naming the sampler."""
+    bounds = model.denoised_range() if callable(getattr(model, "denoised_range", None)) else None
+    if bounds is None:
+        raise ConfigError(f"sampler {name!r} with clip_x0: {type(model).__name__} has no range to clip x0_hat to "
+                          f"(a VQ first stage's codebook gives one; a KL first stage does not): set clip_x0 false")
+    return bounds
+
+
+def clip_denoised(x0_hat: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x0_hat clipped in place to the box ``bounds`` (docs/sampling.md, *Clipping x0_hat*)."""
+    lo, hi = (b.to(device=x0_hat.device, dtype=x0_hat.dtype) for b in bounds)
+    return x0_hat.clamp_(min=lo, max=hi)

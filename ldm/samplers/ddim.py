@@ -6,7 +6,9 @@ One step from the visited timestep t to the next lower one s (Eq. 12 of Song et 
     x_s    = sqrt(a_s) x0_hat + sqrt(1 - a_s - sigma_t^2) eps_theta + sigma_t z,  z ~ N(0, I)
     sigma_t = eta * sqrt((1 - a_s) / (1 - a_t)) * sqrt(1 - a_t / a_s)
 
-with a = abar of the model's schedule. eta = 0 is deterministic DDIM; eta = 1 over every
+with a = abar of the model's schedule. With ``clip_x0`` x0_hat is clipped to the model's
+``denoised_range()`` and eps recomputed from it before the step (docs/sampling.md, *Clipping
+x0_hat*; off by default, as in CompVis and the reference). eta = 0 is deterministic DDIM; eta = 1 over every
 timestep is ancestral DDPM sampling. The visited timesteps are CompVis's (see
 :func:`ldm.modules.diffusionmodules.schedules.make_ddim_timesteps`), so a CompVis-trained model
 samples the same.
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ldm.modules.diffusionmodules.schedules import make_ddim_sampling_parameters, make_ddim_timesteps
-from ldm.samplers.base import noise_schedule_unsupported, start_latent
+from ldm.samplers.base import clip_denoised, denoised_bounds, noise_schedule_unsupported, start_latent
 
 
 class DDIMSampler:
@@ -40,8 +42,10 @@ class DDIMSampler:
     name = "ddim"
     starts_from_noise = True
 
-    def __init__(self, model: Any, schedule: str = "linear", **kwargs: Any) -> None:
+    def __init__(self, model: Any, schedule: str = "linear", clip_x0: bool = False, **kwargs: Any) -> None:
         self.model = model
+        self.clip_x0 = bool(clip_x0)
+        self._bounds = denoised_bounds(self.name, model) if self.clip_x0 else None
         self.ddpm_num_timesteps = int(model.num_timesteps)
         if schedule != "linear":
             warnings.warn(f"DDIMSampler(schedule={schedule!r}) has no effect: the model's own noise schedule is "
@@ -96,6 +100,9 @@ class DDIMSampler:
         else:
             e_t = model_output
             torch.sub(x, e_t, alpha=sqrt_1m_a, out=pred_x0).div_(sqrt_a)
+        if self._bounds is not None:  # the direction follows the clipped x0_hat (diffusers' DDIMScheduler)
+            clip_denoised(pred_x0, self._bounds)
+            e_t = (x - sqrt_a * pred_x0) / sqrt_1m_a
         x.copy_(pred_x0).mul_(sqrt_a_prev).add_(e_t, alpha=dir_coef)
         if sigma > 0 and temperature > 0:
             if given_noise is not None:

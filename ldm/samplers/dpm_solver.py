@@ -9,6 +9,9 @@ prediction (paper Eq. 5 for eps) and h_i = lambda_{t_i} - lambda_{t_{i-1}}, one 
     D_i     = x0_hat(t_{i-1})                                        first order (DDIM's update)
     D_i     = (1 + 1 / (2 r_i)) x0_hat(t_{i-1}) - 1 / (2 r_i) x0_hat(t_{i-2}),   r_i = h_{i-1} / h_i
 
+With ``clip_x0`` each x0_hat is clipped to the model's ``denoised_range()`` before it enters the
+update (Lu et al.'s thresholding with a fixed box; docs/sampling.md, *Clipping x0_hat*).
+
 The first step is first order (no earlier x0_hat), and so is the last when S < 15 ("lower order
 final", as diffusers' DPMSolverMultistepScheduler: it keeps few-step runs stable). Each step
 evaluates the model once, so S steps cost S UNet evaluations, as S DDIM steps do.
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ldm.samplers.base import noise_schedule_unsupported, predict_start, start_latent
+from ldm.samplers.base import clip_denoised, denoised_bounds, noise_schedule_unsupported, predict_start, start_latent
 
 LOWER_ORDER_FINAL_BELOW = 15  # S below which the last step is first order
 
@@ -74,8 +77,10 @@ class DPMSolverPlusPlusSampler:
     name = "dpmsolver++"
     starts_from_noise = True
 
-    def __init__(self, model: Any, lower_order_final: bool = True) -> None:
+    def __init__(self, model: Any, lower_order_final: bool = True, clip_x0: bool = False) -> None:
         self.model = model
+        self.clip_x0 = bool(clip_x0)
+        self._bounds = denoised_bounds(self.name, model) if self.clip_x0 else None
         self.num_timesteps = int(model.num_timesteps)
         self.lower_order_final = bool(lower_order_final)
 
@@ -126,6 +131,8 @@ class DPMSolverPlusPlusSampler:
             x0_hat, x0_prev = x0_prev, x0_hat  # the previous x0_hat moves to x0_prev, its buffer is reused
             predict_start(self.model, x, out.to(x.dtype), float(np.sqrt(abar[i])), float(np.sqrt(1.0 - abar[i])),
                           out=x0_hat)
+            if self._bounds is not None:  # the solver's "thresholding" of Lu et al., on a fixed box
+                clip_denoised(x0_hat, self._bounds)
             ratio, coef, w0, w1 = coefficients[i]
             x.mul_(ratio).add_(x0_hat, alpha=coef * w0)
             if w1 != 0.0:

@@ -268,6 +268,10 @@ class DDPM(pl.LightningModule):
             object.__setattr__(self, "_compiled_model", torch.compile(self.model, **self.compile_kwargs))
         return self._compiled_model
 
+    def denoised_range(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The box a sampler's ``clip_x0`` clips x0_hat to: [-1, 1], the data range in pixel space."""
+        return torch.tensor(-1.0), torch.tensor(1.0)
+
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """The UNet's prediction (eps or x0) at (x_t, t); an unconditional DDPM takes no ``cond``."""
         if cond is not None:
@@ -280,10 +284,11 @@ class DDPM(pl.LightningModule):
         return loss.mean() if mean else loss
 
     def latent_loss(self, model_output: torch.Tensor, x_start: torch.Tensor, noise: torch.Tensor,
-                    t: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    t: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_latent (Eq. 4) and its CompVis variants; returns (loss, loss_dict).
 
-        loss_simple = mean |target - output|^p per sample (target eps or x0), reweighted by the
+        loss_simple = mean |target - output|^p per sample (target eps or x0; with ``weight``, a
+        (B, 1, h, w) map, the weighted mean sum(w e) / sum(w) over each sample), reweighted by the
         (optionally learned) log-variance gamma_t as loss_simple / exp(gamma_t) + gamma_t, times
         ``l_simple_weight``, plus ``original_elbo_weight`` x the ELBO-weighted loss_vlb. With the
         defaults (no learned logvar, ELBO weight 0) loss = loss_simple, the paper's Eq. 4. Keys are
@@ -291,7 +296,12 @@ class DDPM(pl.LightningModule):
         """
         target = noise if self.parameterization == "eps" else x_start
         prefix = "train" if self.training else "val"
-        loss_simple = mean_flat(self.get_loss(model_output.float(), target.float(), mean=False))
+        error = self.get_loss(model_output.float(), target.float(), mean=False)
+        if weight is None:
+            loss_simple = mean_flat(error)
+        else:  # a weighted mean: a sample without lesion keeps the plain mean
+            weight = weight.float().expand_as(error)
+            loss_simple = (error * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))
         loss_dict = {f"{prefix}/loss_simple": loss_simple.mean()}
         logvar_t = self.logvar[t]
         loss = loss_simple / torch.exp(logvar_t) + logvar_t

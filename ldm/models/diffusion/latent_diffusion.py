@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
@@ -58,8 +59,15 @@ class LatentDiffusion(DDPM):
                  cond_stage_trainable: bool = False, conditioning_key: str | None = "concat",
                  concat_mode: bool | None = None, num_timesteps_cond: int | None = None, scale_factor: float = 1.0,
                  scale_by_std: bool = False, ckpt_path: str | None = None, ignore_keys: Sequence[str] = (),
-                 load_only_unet: bool = False, image_size: int | Sequence[int] = (48, 56), **kwargs: Any) -> None:
-        """Its own parameters; every other (``unet_config``, the schedule, EMA, ...) is DDPM's, passed on."""
+                 load_only_unet: bool = False, image_size: int | Sequence[int] = (48, 56), lesion_weight: float = 0.0,
+                 **kwargs: Any) -> None:
+        """Its own parameters; every other (``unet_config``, the schedule, EMA, ...) is DDPM's, passed on.
+
+        ``lesion_weight`` w: L_latent weighted by 1 + w x the lesion share of each latent pixel (the
+        lesion mask area-averaged to the latent size; docs/training.md, *A lesion-weighted stage 2*).
+        0 is the paper's Eq. 4; w > 0 goes beyond the paper and needs ``batch["lesion"]``."""
+        if lesion_weight < 0:
+            raise ConfigError(f"lesion_weight must be >= 0, got {lesion_weight}")
         if num_timesteps_cond not in (None, 1):
             raise ConfigError("num_timesteps_cond > 1 (a shortened conditioning schedule) is not supported")
         if conditioning_key is None:  # CompVis: concat_mode chooses when no key is given
@@ -73,6 +81,7 @@ class LatentDiffusion(DDPM):
         if scale_by_std and scale_factor != 1.0:
             raise ConfigError(f"scale_by_std computes the scale factor; do not also set scale_factor ({scale_factor})")
         super().__init__(ckpt_path=None, image_size=image_size, conditioning_key=conditioning_key, **kwargs)
+        self.lesion_weight = float(lesion_weight)
         self.cond_stage_trainable = cond_stage_trainable
         self.cond_stage_key = cond_stage_key
         self.scale_by_std = scale_by_std
@@ -163,6 +172,17 @@ class LatentDiffusion(DDPM):
         """D(z / scale_factor) with gradients flowing into z; the decoder itself stays frozen."""
         return self._decode(z, force_not_quantize or predict_cids)
 
+    def denoised_range(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-channel (lo, hi) of scale_factor x the first stage's codebook, shaped (1, C, 1, 1); None
+        without a codebook. Every latent the decoder turns into an image is quantised into that box
+        first, so a sampler's ``clip_x0`` loses nothing the decoder could show."""
+        quantize = getattr(self.first_stage_model, "quantize", None)
+        embedding = getattr(quantize, "embedding", None)
+        if not isinstance(embedding, nn.Embedding):
+            return None
+        codes = embedding.weight.detach() * self.scale_factor
+        return codes.amin(0).view(1, -1, 1, 1), codes.amax(0).view(1, -1, 1, 1)
+
     def get_learned_conditioning(self, c: torch.Tensor) -> torch.Tensor:
         """c~ = F(c): the conditioning encoder applied to the raw condition (the CTP series)."""
         model = self.cond_stage_model
@@ -218,20 +238,40 @@ class LatentDiffusion(DDPM):
         self.check_condition(x_noisy, cond)
         return self._diffusion_model()(x_noisy, t, c_concat=[cond])
 
-    def latent_step(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor, noise: torch.Tensor
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """(L_latent (Eq. 4), its loss dict, z0_hat (Eq. 5)) from one prediction at (z_t, t): the
-        hook the post-training builds on (:mod:`ldm.models.diffusion.post_training`)."""
+    def latent_weight(self, lesion: torch.Tensor | None, latent: torch.Tensor) -> torch.Tensor | None:
+        """1 + lesion_weight x the lesion share of each latent pixel, (B, 1, h, w); None when the
+        weight is 0 (the paper's unweighted Eq. 4)."""
+        if not self.lesion_weight:
+            return None
+        if lesion is None:
+            raise ValueError(f"lesion_weight {self.lesion_weight}: L_latent needs the lesion mask (batch['lesion'])")
+        share = F.adaptive_avg_pool2d(lesion.float(), tuple(latent.shape[-2:]))
+        return 1.0 + self.lesion_weight * share
+
+    def get_loss_kwargs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The lesion mask when L_latent is lesion-weighted (``lesion_weight`` > 0)."""
+        if not self.lesion_weight:
+            return {}
+        if "lesion" not in batch:
+            raise ValueError(f"lesion_weight {self.lesion_weight} needs batch['lesion'] (binary, (B, 1, H, W)); the "
+                             f"batch has keys {', '.join(map(str, batch.keys()))}")
+        return {"lesion": DDPM.get_input(self, batch, "lesion")}
+
+    def latent_step(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor, noise: torch.Tensor,
+                    lesion: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """(L_latent (Eq. 4, lesion-weighted with ``lesion_weight``), its loss dict, z0_hat (Eq. 5))
+        from one prediction at (z_t, t): the hook the post-training builds on
+        (:mod:`ldm.models.diffusion.post_training`)."""
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
         model_output = self.apply_model(x_noisy, t, cond)
-        loss, loss_dict = self.latent_loss(model_output, x_start, noise, t)
+        loss, loss_dict = self.latent_loss(model_output, x_start, noise, t, weight=self.latent_weight(lesion, x_start))
         return loss, loss_dict, self.predict_start(x_noisy, t, model_output)
 
     def p_losses(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor, noise: torch.Tensor | None = None,
-                 **kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L_latent at timesteps t (Eq. 4); extra keyword arguments are for subclasses and ignored here."""
+                 lesion: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_latent at timesteps t (Eq. 4); other keyword arguments are for subclasses and ignored here."""
         noise = default(noise, lambda: torch.randn_like(x_start))
-        loss, loss_dict, _ = self.latent_step(x_start, cond, t, noise)
+        loss, loss_dict, _ = self.latent_step(x_start, cond, t, noise, lesion=lesion)
         return loss, loss_dict
 
     def forward(self, z: torch.Tensor, c: Any, /, *args: Any, t: torch.Tensor | None = None, **kwargs: Any):

@@ -171,6 +171,10 @@ class LesionAwarePostTraining:
         super().on_fit_start()
 
     # ----------------------------------------------------------------------------- loss (Eqs. 5-8)
+    def latent_step_kwargs(self, lesion: torch.Tensor | None) -> dict[str, Any]:
+        """The lesion for a lesion-weighted L_latent (the model's ``lesion_weight`` > 0), else nothing."""
+        return {"lesion": lesion} if getattr(self, "lesion_weight", 0.0) else {}
+
     @property
     def image_terms_weighted(self) -> bool:
         return self.lambda_image > 0 or self.lambda_lesion > 0
@@ -194,7 +198,7 @@ class LesionAwarePostTraining:
         image terms are then computed (without a gradient graph) only in validation, for the log.
         """
         noise = default(noise, lambda: torch.randn_like(x_start))
-        loss_latent, loss_dict, z0_hat = self.latent_step(x_start, cond, t, noise)
+        loss_latent, loss_dict, z0_hat = self.latent_step(x_start, cond, t, noise, **self.latent_step_kwargs(lesion))
         prefix = "train" if self.training else "val"
         loss_dict[f"{prefix}/loss_latent"] = loss_latent.detach()
         if x is None or mask is None or lesion is None:
