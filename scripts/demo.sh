@@ -17,6 +17,7 @@
 # reference's), DEMO_LESION_WEIGHT (the VQGAN's lesion-weighted L1, 20; 0 is the reference's loss),
 # DEMO_LDM_LESION_WEIGHT (the lesion-weighted L_latent of stages 2 and 3, 20; 0 is the paper's Eq. 4),
 # DEMO_CLIP_X0 (1: the latent models' sampler clips x0_hat to the codebook's range; 0: as the reference),
+# DEMO_PARAMETERIZATION (what the UNet of stages 2 and 3 predicts: eps, the paper's, or x0),
 # DEMO_PT_TARGETS (the post-training image targets: "reconstruction input", or one of
 # them), DEMO_SAMPLER (dpmsolver++ or ddim, the paper's), DEMO_SAMPLE_STEPS (the sampler's steps;
 # the paper uses 200 DDIM steps), DEMO_ACCELERATOR (auto, cpu or gpu), DEMO_SEED (seed of every
@@ -43,6 +44,8 @@ SLICES=${DEMO_SLICES:-32}          # the whole brain
 WINDOW=${DEMO_WINDOW:-lesion}
 LESION_WEIGHT=${DEMO_LESION_WEIGHT:-20}
 LDM_LESION_WEIGHT=${DEMO_LDM_LESION_WEIGHT:-20}
+PARAMETERIZATION=${DEMO_PARAMETERIZATION:-eps}
+case $PARAMETERIZATION in eps|x0) ;; *) echo "demo: DEMO_PARAMETERIZATION must be eps or x0, got '$PARAMETERIZATION'" >&2; exit 2;; esac
 case ${DEMO_CLIP_X0:-1} in 1) CLIP_X0=--clip_x0;; 0) CLIP_X0=--no-clip_x0;;
     *) echo "demo: DEMO_CLIP_X0 must be 1 or 0, got '${DEMO_CLIP_X0}'" >&2; exit 2;; esac
 PT_TARGETS=${DEMO_PT_TARGETS:-"reconstruction input"}
@@ -125,7 +128,7 @@ done_stage
 
 stage "stage 2: conditional LDM, cLDM ($(steps "$LDM_STEPS") steps)"
 "$PYTHON" main.py --base configs/demo/ldm.yaml -t -l "$OUT/logs" -n cldm -s "$SEED" "${DATA_OVERRIDES[@]}" \
-    "model.params.first_stage_config.params.ckpt_path=$VQGAN_CKPT" "model.params.lesion_weight=$LDM_LESION_WEIGHT" \
+    "model.params.first_stage_config.params.ckpt_path=$VQGAN_CKPT" "model.params.lesion_weight=$LDM_LESION_WEIGHT" "model.params.parameterization=$PARAMETERIZATION" \
     $(train_overrides "$(steps "$LDM_STEPS")")
 LDM_RUN="$(latest_run cldm)"
 done_stage
@@ -139,7 +142,7 @@ for target in $PT_TARGETS; do
     # Only the image target differs between these runs and the control (same raw stage-2 weights, steps, seed).
     "$PYTHON" main.py --base configs/demo/ldm_lapt.yaml -t -l "$OUT/logs" -n "$(pt_name "$target")" -s "$SEED" \
         "${DATA_OVERRIDES[@]}" "model.params.ckpt_path=$LDM_RUN/checkpoints/last.ckpt" \
-        "model.params.image_target=$target" "model.params.lesion_weight=$LDM_LESION_WEIGHT" \
+        "model.params.image_target=$target" "model.params.lesion_weight=$LDM_LESION_WEIGHT" "model.params.parameterization=$PARAMETERIZATION" \
         $(train_overrides "$(steps "$LAPT_STEPS")")
     done_stage
 done
@@ -149,7 +152,7 @@ stage "control: stage 3 without the image-space terms, cLDM (continued) ($(steps
 # augmentation and seed, so any difference to cLDM-PT is the image-space terms' doing.
 "$PYTHON" main.py --base configs/demo/ldm_lapt.yaml -t -l "$OUT/logs" -n cldm_continued -s "$SEED" \
     "${DATA_OVERRIDES[@]}" "model.params.ckpt_path=$LDM_RUN/checkpoints/last.ckpt" \
-    model.params.lambda_image=0 model.params.lambda_lesion=0 "model.params.lesion_weight=$LDM_LESION_WEIGHT" \
+    model.params.lambda_image=0 model.params.lambda_lesion=0 "model.params.lesion_weight=$LDM_LESION_WEIGHT" "model.params.parameterization=$PARAMETERIZATION" \
     $(train_overrides "$(steps "$LAPT_STEPS")")
 CONTROL_RUN="$(latest_run cldm_continued)"
 done_stage

@@ -43,7 +43,8 @@ def test_defaults_fit_the_budget_and_the_power_target():
 @pytest.mark.parametrize("knob, value", [("STUDY_SEEDS", "1"), ("STUDY_SEEDS", "three"), ("STUDY_SEEDS", "21"),
                                          ("STUDY_SCALE", "0"), ("STUDY_SCALE", "-1"), ("STUDY_SCALE", "nan"),
                                          ("STUDY_SCALE", "101"), ("STUDY_ACCELERATOR", "tpu"), ("STUDY_N_TEST", "1"),
-                                         ("STUDY_SAMPLER", "euler")])
+                                         ("STUDY_SAMPLER", "euler"), ("STUDY_LDM_LESION_WEIGHT", "-1"),
+                                         ("STUDY_CLIP_X0", "yes")])
 def test_a_knob_out_of_range_is_one_line_naming_it(knob, value, tmp_path, monkeypatch, capsys):
     out = tmp_path / "study"
     monkeypatch.setenv("STUDY_OUT", str(out))
@@ -267,3 +268,26 @@ def test_the_table1_baselines_join_every_seed_when_asked(tmp_path, monkeypatch, 
     monkeypatch.setenv("STUDY_BASELINES", "unet")
     assert study_script.main(["--python", python]) == 2
     assert "STUDY_BASELINES='unet'" in error_line(capsys.readouterr().err, "study.py")
+
+
+def test_the_lesion_weight_and_the_clip_reach_the_stages_and_make_another_study(tmp_path, monkeypatch, capsys):
+    """The demo configs' lesion weight (20) is overridden by the study's own (0 by default: the study as
+    measured); STUDY_LDM_LESION_WEIGHT and STUDY_CLIP_X0 reach every latent model's training / sampling."""
+    python, out, log = _fake_python(tmp_path), tmp_path / "study", tmp_path / "calls.log"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    assert study.settings_from_env({}).identity() == study.settings_from_env({"STUDY_CLIP_X0": "0"}).identity()
+    assert "ldm_lesion_weight" not in study.settings_from_env({}).identity()
+    assert _run(monkeypatch, out, python, STUDY_SEEDS="2") == 0
+    latent = [c for c in _calls(log) if "main.py" in c and "-n vqgan" not in c]
+    assert len(latent) == 8 and all("model.params.lesion_weight=0" in c for c in latent)
+    assert not any("--clip_x0" in c for c in _calls(log))
+    # other settings are another study, refused in the same folder
+    assert _run(monkeypatch, out, python, STUDY_SEEDS="2", STUDY_LDM_LESION_WEIGHT="20") == 2
+    assert "ldm_lesion_weight" in error_line(capsys.readouterr().err, "study.py")
+    other, log2 = tmp_path / "study2", tmp_path / "calls2.log"
+    monkeypatch.setenv("FAKE_LOG", str(log2))
+    assert _run(monkeypatch, other, python, STUDY_SEEDS="2", STUDY_LDM_LESION_WEIGHT="20", STUDY_CLIP_X0="1") == 0
+    calls = _calls(log2)
+    assert all("model.params.lesion_weight=20" in c for c in calls if "main.py" in c and "-n vqgan" not in c)
+    sampled = [c for c in calls if "sample_LDM.py" in c]
+    assert len(sampled) == 8 and all("--clip_x0" in c for c in sampled)

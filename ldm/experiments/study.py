@@ -22,7 +22,9 @@ written): STUDY_SEEDS (2..20, default 3), STUDY_SCALE (multiplies every stage's 
 (0, 100], default 1), STUDY_OUT (default study_output), STUDY_ACCELERATOR (auto, cpu, gpu),
 STUDY_N_TRAIN / STUDY_N_VAL / STUDY_N_TEST (patients, default 16 / 3 / 24), STUDY_SLICES (axial
 slices per patient, default 32), STUDY_SAMPLER (dpmsolver++ or ddim), STUDY_SAMPLE_STEPS (default 20),
-STUDY_COHORT_SEED (default 0), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
+STUDY_COHORT_SEED (default 0), STUDY_LDM_LESION_WEIGHT (the lesion-weighted L_latent of stages 2 and 3,
+default 0: the paper's Eq. 4, as the study was measured; the demo's is 20), STUDY_CLIP_X0 (1: the latent
+models' sampler clips x0_hat, as the demo; default 0), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
 configs, sampled and scored beside the latent models: any of pix2pix, cyclegan, pairedcyclegan,
 bbdm, space separated; default none, see :mod:`.study_design`). A folder holding another study
 (other steps, cohort, sampler or baselines) is refused; more seeds extend a study in its folder.
@@ -172,6 +174,9 @@ class Study:
         settings = {"run_dir": run_dir, "data": self.layout.npy / "test", "sampler": sampler, "steps": s.sample_steps,
                     "seed": seed}
         how = ["--sampler", sampler, "--steps", s.sample_steps, "--seed", seed] if sampler else []
+        if s.clip_x0 and sampler in ("dpmsolver++", "ddim"):
+            how.append("--clip_x0")
+            settings["clip_x0"] = True
         self.runner.run(Stage(
             f"seed {seed}: sampling {name} ({f'{sampler}, {s.sample_steps} steps' if sampler else 'one pass'})",
             self.layout.seed(seed) / "records" / f"sample_{name}.json", settings,
@@ -199,14 +204,16 @@ class Study:
         """Every stage of one training seed; its evaluation folder."""
         steps = self.s.steps
         vqgan = self.train(seed, "vqgan", VQGAN_CONFIG, steps["vqgan"], ())
+        # the configs' lesion weight is the demo's: the study passes its own (0, Eq. 4, unless STUDY_LDM_LESION_WEIGHT)
+        weight = f"model.params.lesion_weight={self.s.ldm_lesion_weight:g}"
         cldm = self.train(seed, CLDM[0], LDM_CONFIG, steps["ldm"],
-                          (f"model.params.first_stage_config.params.ckpt_path={vqgan / LAST_CHECKPOINT}",))
+                          (f"model.params.first_stage_config.params.ckpt_path={vqgan / LAST_CHECKPOINT}", weight))
         reconstruction = self.reconstruct(seed, vqgan)
         runs = {CLDM[1]: (CLDM[0], cldm)}
         # only the image-space terms differ between the control and cLDM-PT: checkpoint, steps, seed are shared
         for name, label, overrides in (CONTROL, *TARGETS.values()):
             start = f"model.params.ckpt_path={cldm / LAST_CHECKPOINT}"
-            run = self.train(seed, name, PT_CONFIG, steps["pt"], (start, *overrides))
+            run = self.train(seed, name, PT_CONFIG, steps["pt"], (start, *overrides, weight))
             runs[label] = (name, run)
         for name in self.s.baselines:  # Table 1's other rows, from the demo configs
             label, config = BASELINES[name]

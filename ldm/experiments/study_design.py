@@ -94,6 +94,8 @@ class StudySettings:
     sample_steps: int = 20
     cohort_seed: int = 0
     baselines: tuple[str, ...] = ()
+    ldm_lesion_weight: float = 0.0  # the paper's L_latent (Eq. 4), as the study was measured; the demo uses 20
+    clip_x0: bool = False           # the reference's sampler; the demo clips
     python: str = field(default=sys.executable, compare=False)
 
     @property
@@ -110,6 +112,10 @@ class StudySettings:
         identity = {"steps": self.steps, **{k: v for k, v in asdict(self).items() if k in keep}, "window": WINDOW}
         if self.baselines:  # a study without baselines keeps the identity it had before they existed
             identity["baselines"] = {"runs": list(self.baselines), "steps": self.baseline_steps}
+        if self.ldm_lesion_weight:  # likewise the settings that came later, at their defaults
+            identity["ldm_lesion_weight"] = self.ldm_lesion_weight
+        if self.clip_x0:
+            identity["clip_x0"] = True
         return identity
 
 
@@ -127,6 +133,8 @@ KNOBS: dict[str, tuple[str, object, float | None, float | None]] = {
     "STUDY_SAMPLE_STEPS": ("sample_steps", int, 1, 1000),
     "STUDY_COHORT_SEED": ("cohort_seed", int, 0, 2**31 - 1),
     "STUDY_BASELINES": ("baselines", "words", None, None),
+    "STUDY_LDM_LESION_WEIGHT": ("ldm_lesion_weight", float, 0.0, 1000.0),
+    "STUDY_CLIP_X0": ("clip_x0", ("0", "1"), None, None),
 }
 
 
@@ -148,7 +156,7 @@ def settings_from_env(env: Mapping[str, str], python: str = sys.executable) -> S
         if isinstance(kind, tuple):
             if text not in kind:
                 raise ExperimentError(f"{knob}={text!r}: expected one of {', '.join(kind)}")
-            values[name] = text
+            values[name] = text == "1" if name == "clip_x0" else text
             continue
         if kind is Path:
             values[name] = Path(text)
@@ -159,8 +167,9 @@ def settings_from_env(env: Mapping[str, str], python: str = sys.executable) -> S
             expected = "a whole number" if kind is int else "a number"
             raise ExperimentError(f"{knob}={text!r}: expected {expected}") from None
         # the scale excludes 0 (no training); the other ranges include their ends
-        if not math.isfinite(value) or value > high or (value <= low if kind is float else value < low):
-            span = f"above {low:g} and at most {high:g}" if kind is float else f"from {low} to {high}"
+        open_below = name == "scale"
+        if not math.isfinite(value) or value > high or (value <= low if open_below else value < low):
+            span = f"above {low:g} and at most {high:g}" if open_below else f"from {low:g} to {high:g}"
             raise ExperimentError(f"{knob}={text!r}: must be {span}")
         values[name] = value
     return StudySettings(**values)
