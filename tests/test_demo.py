@@ -69,6 +69,10 @@ def test_demo_pipeline_runs_every_stage_and_writes_source_space_volumes(tmp_path
     for model in ("cldm", "cldm_continued", "cldm_pt"):
         settings = json.loads((out / "samples" / model / "sampling.json").read_text())
         assert (settings["sampler"], settings["steps"]) == ("dpmsolver++", 2)
+        assert settings["sampler_params"] == {"clip_x0": True}  # the demo clips x0_hat (DEMO_CLIP_X0=1)
+    for name in ("cldm", "cldm_pt", "cldm_continued"):  # the same lesion-weighted L_latent in stages 2 and 3
+        project = next((runs[name] / "configs").glob("*project.yaml")).read_text()
+        assert "lesion_weight: 20" in project and "parameterization: eps" in project
 
     table = (out / "evaluation/table1.md").read_text()
     assert "| cLDM |" in table and "| cLDM (continued) |" in table and "| cLDM-PT |" in table
@@ -90,3 +94,11 @@ def test_demo_refuses_to_delete_a_folder_it_did_not_make(tmp_path):
     assert proc.returncode == 2
     assert "was not made by the demo" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("knob, value", [("DEMO_CLIP_X0", "yes"), ("DEMO_PARAMETERIZATION", "v")])
+def test_a_bad_stage2_knob_is_one_line_before_anything_is_written(tmp_path, knob, value):
+    out = tmp_path / "demo"
+    proc = _demo(out, **{knob: value})
+    assert proc.returncode == 2 and knob in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
