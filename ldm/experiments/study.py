@@ -24,7 +24,8 @@ STUDY_N_TRAIN / STUDY_N_VAL / STUDY_N_TEST (patients, default 16 / 3 / 24), STUD
 slices per patient, default 32), STUDY_SAMPLER (dpmsolver++ or ddim), STUDY_SAMPLE_STEPS (default 20),
 STUDY_COHORT_SEED (default 0), STUDY_LDM_LESION_WEIGHT (the lesion-weighted L_latent of stages 2 and 3,
 default 0: the paper's Eq. 4, as the study was measured; the demo's is 20), STUDY_CLIP_X0 (1: the latent
-models' sampler clips x0_hat, as the demo; default 0), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
+models' sampler clips x0_hat, as the demo; default 0), STUDY_PARAMETERIZATION (what stages 2 and 3 predict:
+eps, the paper's and the default, or x0), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
 configs, sampled and scored beside the latent models: any of pix2pix, cyclegan, pairedcyclegan,
 bbdm, space separated; default none, see :mod:`.study_design`). A folder holding another study
 (other steps, cohort, sampler or baselines) is refused; more seeds extend a study in its folder.
@@ -204,16 +205,18 @@ class Study:
         """Every stage of one training seed; its evaluation folder."""
         steps = self.s.steps
         vqgan = self.train(seed, "vqgan", VQGAN_CONFIG, steps["vqgan"], ())
-        # the configs' lesion weight is the demo's: the study passes its own (0, Eq. 4, unless STUDY_LDM_LESION_WEIGHT)
-        weight = f"model.params.lesion_weight={self.s.ldm_lesion_weight:g}"
+        # the configs' lesion weight and parameterization are the demo's: the study passes its own (Eq. 4's eps
+        # prediction unless STUDY_LDM_LESION_WEIGHT / STUDY_PARAMETERIZATION say otherwise)
+        weight = (f"model.params.lesion_weight={self.s.ldm_lesion_weight:g}",
+                  f"model.params.parameterization={self.s.parameterization}")
         cldm = self.train(seed, CLDM[0], LDM_CONFIG, steps["ldm"],
-                          (f"model.params.first_stage_config.params.ckpt_path={vqgan / LAST_CHECKPOINT}", weight))
+                          (f"model.params.first_stage_config.params.ckpt_path={vqgan / LAST_CHECKPOINT}", *weight))
         reconstruction = self.reconstruct(seed, vqgan)
         runs = {CLDM[1]: (CLDM[0], cldm)}
         # only the image-space terms differ between the control and cLDM-PT: checkpoint, steps, seed are shared
         for name, label, overrides in (CONTROL, *TARGETS.values()):
             start = f"model.params.ckpt_path={cldm / LAST_CHECKPOINT}"
-            run = self.train(seed, name, PT_CONFIG, steps["pt"], (start, *overrides, weight))
+            run = self.train(seed, name, PT_CONFIG, steps["pt"], (start, *overrides, *weight))
             runs[label] = (name, run)
         for name in self.s.baselines:  # Table 1's other rows, from the demo configs
             label, config = BASELINES[name]

@@ -96,6 +96,7 @@ class StudySettings:
     baselines: tuple[str, ...] = ()
     ldm_lesion_weight: float = 0.0  # the paper's L_latent (Eq. 4), as the study was measured; the demo uses 20
     clip_x0: bool = False           # the reference's sampler; the demo clips
+    parameterization: str = "eps"   # what stages 2 and 3 predict: the paper's eps, as the study was measured
     python: str = field(default=sys.executable, compare=False)
 
     @property
@@ -116,6 +117,8 @@ class StudySettings:
             identity["ldm_lesion_weight"] = self.ldm_lesion_weight
         if self.clip_x0:
             identity["clip_x0"] = True
+        if self.parameterization != "eps":
+            identity["parameterization"] = self.parameterization
         return identity
 
 
@@ -135,6 +138,7 @@ KNOBS: dict[str, tuple[str, object, float | None, float | None]] = {
     "STUDY_BASELINES": ("baselines", "words", None, None),
     "STUDY_LDM_LESION_WEIGHT": ("ldm_lesion_weight", float, 0.0, 1000.0),
     "STUDY_CLIP_X0": ("clip_x0", ("0", "1"), None, None),
+    "STUDY_PARAMETERIZATION": ("parameterization", ("eps", "x0"), None, None),
 }
 
 
