@@ -151,6 +151,8 @@ class DDIMSampler:
         self.make_schedule(S, ddim_discretize=ddim_discretize, ddim_eta=eta, verbose=False)
         device = self._device()
         x = start_latent("DDIM", batch_size, shape, conditioning, x_T, device, noise_generator)
+        if self._bounds is not None:  # moved to the chain's device and dtype once, not at every step
+            self._bounds = tuple(b.to(device=x.device, dtype=x.dtype) for b in self._bounds)
         size = tuple(x.shape)
         pred_x0 = torch.empty_like(x)
         noise = torch.empty_like(x) if eta > 0 else None

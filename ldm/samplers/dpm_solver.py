@@ -117,6 +117,8 @@ class DPMSolverPlusPlusSampler:
             raise ValueError("DPM-Solver++ draws no noise after x_T: step_noise does not apply")
         x = start_latent("DPM-Solver++", batch_size, shape, conditioning, x_T, self.model.alphas_cumprod.device,
                          noise_generator, keep_float64=True)
+        if self._bounds is not None:  # moved to the chain's device and dtype once, not at every step
+            self._bounds = tuple(b.to(device=x.device, dtype=x.dtype) for b in self._bounds)
         all_t = self._all_timesteps(S)
         alphas_cumprod = self.model.alphas_cumprod.detach().double().cpu().numpy()
         coefficients = dpm_solver_coefficients(alphas_cumprod, all_t, self.lower_order_final)
