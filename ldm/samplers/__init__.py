@@ -41,7 +41,7 @@ def sampler_name(spec: str | Mapping) -> str:
 
 def with_sampler_params(spec: str | Mapping, **params: Any) -> dict:
     """``spec`` as a ``{target, params}`` node with ``params`` set over its own."""
-    cls, own = sampler_class(spec)
+    _, own = sampler_class(spec)  # also refuses an unknown name or a node without a target
     target = SAMPLERS[spec] if isinstance(spec, str) else str(spec["target"])
     return {"target": target, "params": {**own, **params}}
 
