@@ -17,7 +17,7 @@
 # reference's), DEMO_LESION_WEIGHT (the VQGAN's lesion-weighted L1, 20; 0 is the reference's loss),
 # DEMO_LDM_LESION_WEIGHT (the lesion-weighted L_latent of stages 2 and 3, 20; 0 is the paper's Eq. 4),
 # DEMO_CLIP_X0 (1: the latent models' sampler clips x0_hat to the codebook's range; 0: as the reference),
-# DEMO_PARAMETERIZATION (what the UNet of stages 2 and 3 predicts: eps, the paper's, or x0),
+# DEMO_PARAMETERIZATION (what the UNet of stages 2 and 3 predicts: eps, the paper's, x0 or v),
 # DEMO_PT_TARGETS (the post-training image targets: "reconstruction input", or one of
 # them), DEMO_SAMPLER (dpmsolver++ or ddim, the paper's), DEMO_SAMPLE_STEPS (the sampler's steps;
 # the paper uses 200 DDIM steps), DEMO_ACCELERATOR (auto, cpu or gpu), DEMO_SEED (seed of every
@@ -45,7 +45,7 @@ WINDOW=${DEMO_WINDOW:-lesion}
 LESION_WEIGHT=${DEMO_LESION_WEIGHT:-20}
 LDM_LESION_WEIGHT=${DEMO_LDM_LESION_WEIGHT:-20}
 PARAMETERIZATION=${DEMO_PARAMETERIZATION:-eps}
-case $PARAMETERIZATION in eps|x0) ;; *) echo "demo: DEMO_PARAMETERIZATION must be eps or x0, got '$PARAMETERIZATION'" >&2; exit 2;; esac
+case $PARAMETERIZATION in eps|x0|v) ;; *) echo "demo: DEMO_PARAMETERIZATION must be eps, x0 or v, got '$PARAMETERIZATION'" >&2; exit 2;; esac
 case ${DEMO_CLIP_X0:-1} in 1) CLIP_X0=--clip_x0;; 0) CLIP_X0=--no-clip_x0;;
     *) echo "demo: DEMO_CLIP_X0 must be 1 or 0, got '${DEMO_CLIP_X0}'" >&2; exit 2;; esac
 PT_TARGETS=${DEMO_PT_TARGETS:-"reconstruction input"}

@@ -25,7 +25,7 @@ slices per patient, default 32), STUDY_SAMPLER (dpmsolver++ or ddim), STUDY_SAMP
 STUDY_COHORT_SEED (default 0), STUDY_LDM_LESION_WEIGHT (the lesion-weighted L_latent of stages 2 and 3,
 default 0: the paper's Eq. 4, as the study was measured; the demo's is 20), STUDY_CLIP_X0 (1: the latent
 models' sampler clips x0_hat, as the demo; default 0), STUDY_PARAMETERIZATION (what stages 2 and 3 predict:
-eps, the paper's and the default, or x0), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
+eps, the paper's and the default, x0 or v), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
 configs, sampled and scored beside the latent models: any of pix2pix, cyclegan, pairedcyclegan,
 bbdm, space separated; default none, see :mod:`.study_design`). A folder holding another study
 (other steps, cohort, sampler or baselines) is refused; more seeds extend a study in its folder.

@@ -138,7 +138,7 @@ KNOBS: dict[str, tuple[str, object, float | None, float | None]] = {
     "STUDY_BASELINES": ("baselines", "words", None, None),
     "STUDY_LDM_LESION_WEIGHT": ("ldm_lesion_weight", float, 0.0, 1000.0),
     "STUDY_CLIP_X0": ("clip_x0", ("0", "1"), None, None),
-    "STUDY_PARAMETERIZATION": ("parameterization", ("eps", "x0"), None, None),
+    "STUDY_PARAMETERIZATION": ("parameterization", ("eps", "x0", "v"), None, None),
 }
 
 

@@ -51,13 +51,13 @@ class LatentSampler(Protocol):
 
 def noise_schedule_unsupported(name: str, model: Any) -> str | None:
     """The check of samplers for a Gaussian diffusion (DDIM, DPM-Solver++): the model has
-    ``alphas_cumprod`` and predicts eps or x0."""
+    ``alphas_cumprod`` and predicts eps, x0 or v."""
     if not hasattr(model, "alphas_cumprod"):
         return (f"{name} samples a Gaussian diffusion (a model with alphas_cumprod); "
                 f"{type(model).__name__} has none")
     parameterization = getattr(model, "parameterization", "eps")
-    if parameterization not in ("eps", "x0"):
-        return f"{name} takes an eps- or x0-prediction model, {type(model).__name__} predicts {parameterization!r}"
+    if parameterization not in ("eps", "x0", "v"):
+        return f"{name} takes an eps-, x0- or v-prediction model, {type(model).__name__} predicts {parameterization!r}"
     return None
 
 
@@ -80,9 +80,13 @@ def start_latent(name: str, batch_size: int, shape: tuple[int, ...], conditionin
 
 def predict_start(model: Any, x: torch.Tensor, model_output: torch.Tensor, sqrt_a: float, sqrt_1m_a: float,
                   out: torch.Tensor) -> torch.Tensor:
-    """x0_hat into ``out`` from the model's output at a timestep with abar = a (paper Eq. 5 for eps)."""
-    if getattr(model, "parameterization", "eps") == "x0":
+    """x0_hat into ``out`` from the model's output at a timestep with abar = a (paper Eq. 5 for eps;
+    sqrt(a) x - sqrt(1 - a) v for v)."""
+    parameterization = getattr(model, "parameterization", "eps")
+    if parameterization == "x0":
         return out.copy_(model_output)
+    if parameterization == "v":
+        return torch.mul(x, sqrt_a, out=out).sub_(model_output, alpha=sqrt_1m_a)
     return torch.sub(x, model_output, alpha=sqrt_1m_a, out=out).div_(sqrt_a)
 
 

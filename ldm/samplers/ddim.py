@@ -6,7 +6,9 @@ One step from the visited timestep t to the next lower one s (Eq. 12 of Song et 
     x_s    = sqrt(a_s) x0_hat + sqrt(1 - a_s - sigma_t^2) eps_theta + sigma_t z,  z ~ N(0, I)
     sigma_t = eta * sqrt((1 - a_s) / (1 - a_t)) * sqrt(1 - a_t / a_s)
 
-with a = abar of the model's schedule. With ``clip_x0`` x0_hat is clipped to the model's
+with a = abar of the model's schedule (an x0-prediction model gives x0_hat itself and eps follows
+from it; a v-prediction model gives x0_hat = sqrt(a_t) x_t - sqrt(1 - a_t) v and eps = sqrt(1 - a_t) x_t
++ sqrt(a_t) v). With ``clip_x0`` x0_hat is clipped to the model's
 ``denoised_range()`` and eps recomputed from it before the step (docs/sampling.md, *Clipping
 x0_hat*; off by default, as in CompVis and the reference). eta = 0 is deterministic DDIM; eta = 1 over every
 timestep is ancestral DDPM sampling. The visited timesteps are CompVis's (see
@@ -94,9 +96,13 @@ class DDIMSampler:
                      generator: torch.Generator | None, given_noise: torch.Tensor | None = None) -> None:
         """One DDIM step (module docstring) in place: ``x`` becomes x_s and ``pred_x0`` x0_hat."""
         sqrt_a, sqrt_1m_a, sqrt_a_prev, dir_coef, sigma = self._coefficients(index)
-        if getattr(self.model, "parameterization", "eps") == "x0":
+        parameterization = getattr(self.model, "parameterization", "eps")
+        if parameterization == "x0":
             pred_x0.copy_(model_output)
             e_t = (x - sqrt_a * pred_x0) / sqrt_1m_a
+        elif parameterization == "v":  # eps = sqrt(1 - a) x + sqrt(a) v: no division by a small sqrt(1 - a)
+            torch.mul(x, sqrt_a, out=pred_x0).sub_(model_output, alpha=sqrt_1m_a)
+            e_t = x * sqrt_1m_a + model_output * sqrt_a
         else:
             e_t = model_output
             torch.sub(x, e_t, alpha=sqrt_1m_a, out=pred_x0).div_(sqrt_a)

@@ -1,5 +1,5 @@
 """DPM-Solver++(2M) (Lu et al., 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
-Probabilistic Models", Algorithm 2) for an eps- or x0-prediction model on its discrete schedule.
+Probabilistic Models", Algorithm 2) for an eps-, x0- or v-prediction model on its discrete schedule.
 
 The probability-flow ODE is solved in the data-prediction form. With alpha_t = sqrt(abar_t),
 sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t), x0_hat(x, t) the model's data

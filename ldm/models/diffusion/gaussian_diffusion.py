@@ -33,7 +33,7 @@ from ldm.optim import adam
 from ldm.samplers import make_sampler, sampler_name
 from ldm.util import ConfigError, default, instantiate_from_config, load_state_dict
 
-PARAMETERIZATIONS = ("eps", "x0")
+PARAMETERIZATIONS = ("eps", "x0", "v")  # v: Salimans & Ho (2022), beyond the paper
 LOSS_TYPES = ("l1", "l2")
 VALIDATION_SEED = 20250923
 
@@ -150,6 +150,8 @@ class DDPM(pl.LightningModule):
         with np.errstate(divide="ignore", invalid="ignore"):
             if self.parameterization == "eps":
                 lvlb = betas ** 2 / (2 * posterior_variance * alphas * (1 - alphas_cumprod))
+            elif self.parameterization == "v":  # an error e in v is an error sqrt(1 - abar) e in x0_hat
+                lvlb = coef1 ** 2 * (1.0 - alphas_cumprod) / (2 * posterior_variance)
             else:
                 lvlb = coef1 ** 2 / (2 * posterior_variance)
         lvlb[0] = lvlb[1] if len(lvlb) > 1 else 0.0
@@ -243,10 +245,19 @@ class DDPM(pl.LightningModule):
         return (extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
                 - extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * noise)
 
+    def get_v(self, x_start: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, the target of v-prediction (Salimans & Ho, 2022)."""
+        return (extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * noise
+                - extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * x_start)
+
     def predict_start(self, x_noisy: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
-        """The model's estimate of x_0 for either parameterisation (Eq. 5 for eps prediction)."""
+        """The model's estimate of x_0 for its parameterisation: Eq. 5 for eps; for v,
+        x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v, which stays bounded as abar_t -> 0."""
         if self.parameterization == "eps":
             return self.predict_start_from_noise(x_noisy, t, model_output)
+        if self.parameterization == "v":
+            return (extract_into_tensor(self.sqrt_alphas_cumprod, t, x_noisy.shape) * x_noisy
+                    - extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_noisy.shape) * model_output)
         return model_output
 
     def q_posterior(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
@@ -273,7 +284,7 @@ class DDPM(pl.LightningModule):
         return torch.tensor(-1.0), torch.tensor(1.0)
 
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        """The UNet's prediction (eps or x0) at (x_t, t); an unconditional DDPM takes no ``cond``."""
+        """The UNet's prediction (eps, x0 or v) at (x_t, t); an unconditional DDPM takes no ``cond``."""
         if cond is not None:
             raise ValueError(f"{type(self).__name__} is unconditional but got a condition")
         return self._diffusion_model()(x_noisy, t)
@@ -287,14 +298,19 @@ class DDPM(pl.LightningModule):
                     t: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_latent (Eq. 4) and its CompVis variants; returns (loss, loss_dict).
 
-        loss_simple = mean |target - output|^p per sample (target eps or x0; with ``weight``, a
+        loss_simple = mean |target - output|^p per sample (target eps, x0 or v; with ``weight``, a
         (B, 1, h, w) map, the weighted mean sum(w e) / sum(w) over each sample), reweighted by the
         (optionally learned) log-variance gamma_t as loss_simple / exp(gamma_t) + gamma_t, times
         ``l_simple_weight``, plus ``original_elbo_weight`` x the ELBO-weighted loss_vlb. With the
         defaults (no learned logvar, ELBO weight 0) loss = loss_simple, the paper's Eq. 4. Keys are
         prefixed 'train/' or 'val/' by ``self.training``.
         """
-        target = noise if self.parameterization == "eps" else x_start
+        if self.parameterization == "eps":
+            target = noise
+        elif self.parameterization == "v":
+            target = self.get_v(x_start, noise, t)
+        else:
+            target = x_start
         prefix = "train" if self.training else "val"
         error = self.get_loss(model_output.float(), target.float(), mean=False)
         if weight is None:
