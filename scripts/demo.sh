@@ -15,9 +15,11 @@
 # steps of every stage), DEMO_N_TRAIN / DEMO_N_VAL / DEMO_N_TEST (patients), DEMO_SLICES (axial
 # slices per patient), DEMO_WINDOW (intensity window: lesion, or reference_percentile, the
 # reference's), DEMO_LESION_WEIGHT (the VQGAN's lesion-weighted L1, 20; 0 is the reference's loss),
-# DEMO_LDM_LESION_WEIGHT (the lesion-weighted L_latent of stages 2 and 3, 20; 0 is the paper's Eq. 4),
+# DEMO_LDM_LESION_WEIGHT (the lesion-weighted L_latent of stages 2 and 3, 100; 0 is the paper's Eq. 4),
 # DEMO_CLIP_X0 (1: the latent models' sampler clips x0_hat to the codebook's range; 0: as the reference),
-# DEMO_PARAMETERIZATION (what the UNet of stages 2 and 3 predicts: eps, the paper's, x0 or v),
+# DEMO_PARAMETERIZATION (what the UNet of stages 2 and 3 predicts: v, the default, eps, the paper's, or x0),
+# DEMO_CONDITIONING (how the CTP reaches the latent grid: pixel_unshuffle, the default, every pixel
+# stacked into channels, or bilinear, the paper's 4 x 4 average),
 # DEMO_PT_TARGETS (the post-training image targets: "reconstruction input", or one of
 # them), DEMO_SAMPLER (dpmsolver++ or ddim, the paper's), DEMO_SAMPLE_STEPS (the sampler's steps;
 # the paper uses 200 DDIM steps), DEMO_ACCELERATOR (auto, cpu or gpu), DEMO_SEED (seed of every
@@ -43,9 +45,11 @@ N_TEST=${DEMO_N_TEST:-10}          # stratified lesion volumes: 4 test patients 
 SLICES=${DEMO_SLICES:-32}          # the whole brain
 WINDOW=${DEMO_WINDOW:-lesion}
 LESION_WEIGHT=${DEMO_LESION_WEIGHT:-20}
-LDM_LESION_WEIGHT=${DEMO_LDM_LESION_WEIGHT:-20}
-PARAMETERIZATION=${DEMO_PARAMETERIZATION:-eps}
+LDM_LESION_WEIGHT=${DEMO_LDM_LESION_WEIGHT:-100}
+PARAMETERIZATION=${DEMO_PARAMETERIZATION:-v}
 case $PARAMETERIZATION in eps|x0|v) ;; *) echo "demo: DEMO_PARAMETERIZATION must be eps, x0 or v, got '$PARAMETERIZATION'" >&2; exit 2;; esac
+CONDITIONING=${DEMO_CONDITIONING:-pixel_unshuffle}
+case $CONDITIONING in bilinear|pixel_unshuffle) ;; *) echo "demo: DEMO_CONDITIONING must be bilinear or pixel_unshuffle, got '$CONDITIONING'" >&2; exit 2;; esac
 case ${DEMO_CLIP_X0:-1} in 1) CLIP_X0=--clip_x0;; 0) CLIP_X0=--no-clip_x0;;
     *) echo "demo: DEMO_CLIP_X0 must be 1 or 0, got '${DEMO_CLIP_X0}'" >&2; exit 2;; esac
 PT_TARGETS=${DEMO_PT_TARGETS:-"reconstruction input"}
@@ -97,6 +101,12 @@ DATA_OVERRIDES=(
     "data.params.validation.params.window=$WINDOW"
     "lightning.trainer.accelerator=$ACCEL"
 )
+# what stages 2 and 3 share: post-training and its control start from the cLDM and must build the same model
+LATENT_OVERRIDES=(
+    "model.params.lesion_weight=$LDM_LESION_WEIGHT"
+    "model.params.parameterization=$PARAMETERIZATION"
+    "model.params.cond_stage_config.params.method=$CONDITIONING"
+)
 pt_name() { if [ "$1" = reconstruction ]; then echo cldm_pt; else echo "cldm_pt_$1"; fi; }
 pt_label() { if [ "$1" = reconstruction ]; then echo cLDM-PT; else echo "cLDM-PT ($1 target)"; fi; }
 for target in $PT_TARGETS; do
@@ -128,7 +138,7 @@ done_stage
 
 stage "stage 2: conditional LDM, cLDM ($(steps "$LDM_STEPS") steps)"
 "$PYTHON" main.py --base configs/demo/ldm.yaml -t -l "$OUT/logs" -n cldm -s "$SEED" "${DATA_OVERRIDES[@]}" \
-    "model.params.first_stage_config.params.ckpt_path=$VQGAN_CKPT" "model.params.lesion_weight=$LDM_LESION_WEIGHT" "model.params.parameterization=$PARAMETERIZATION" \
+    "model.params.first_stage_config.params.ckpt_path=$VQGAN_CKPT" "${LATENT_OVERRIDES[@]}" \
     $(train_overrides "$(steps "$LDM_STEPS")")
 LDM_RUN="$(latest_run cldm)"
 done_stage
@@ -142,7 +152,7 @@ for target in $PT_TARGETS; do
     # Only the image target differs between these runs and the control (same raw stage-2 weights, steps, seed).
     "$PYTHON" main.py --base configs/demo/ldm_lapt.yaml -t -l "$OUT/logs" -n "$(pt_name "$target")" -s "$SEED" \
         "${DATA_OVERRIDES[@]}" "model.params.ckpt_path=$LDM_RUN/checkpoints/last.ckpt" \
-        "model.params.image_target=$target" "model.params.lesion_weight=$LDM_LESION_WEIGHT" "model.params.parameterization=$PARAMETERIZATION" \
+        "model.params.image_target=$target" "${LATENT_OVERRIDES[@]}" \
         $(train_overrides "$(steps "$LAPT_STEPS")")
     done_stage
 done
@@ -152,7 +162,7 @@ stage "control: stage 3 without the image-space terms, cLDM (continued) ($(steps
 # augmentation and seed, so any difference to cLDM-PT is the image-space terms' doing.
 "$PYTHON" main.py --base configs/demo/ldm_lapt.yaml -t -l "$OUT/logs" -n cldm_continued -s "$SEED" \
     "${DATA_OVERRIDES[@]}" "model.params.ckpt_path=$LDM_RUN/checkpoints/last.ckpt" \
-    model.params.lambda_image=0 model.params.lambda_lesion=0 "model.params.lesion_weight=$LDM_LESION_WEIGHT" "model.params.parameterization=$PARAMETERIZATION" \
+    model.params.lambda_image=0 model.params.lambda_lesion=0 "${LATENT_OVERRIDES[@]}" \
     $(train_overrides "$(steps "$LAPT_STEPS")")
 CONTROL_RUN="$(latest_run cldm_continued)"
 done_stage

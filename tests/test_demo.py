@@ -70,9 +70,9 @@ def test_demo_pipeline_runs_every_stage_and_writes_source_space_volumes(tmp_path
         settings = json.loads((out / "samples" / model / "sampling.json").read_text())
         assert (settings["sampler"], settings["steps"]) == ("dpmsolver++", 2)
         assert settings["sampler_params"] == {"clip_x0": True}  # the demo clips x0_hat (DEMO_CLIP_X0=1)
-    for name in ("cldm", "cldm_pt", "cldm_continued"):  # the same lesion-weighted L_latent in stages 2 and 3
+    for name in ("cldm", "cldm_pt", "cldm_continued"):  # the same stage-2 settings in stages 2 and 3
         project = next((runs[name] / "configs").glob("*project.yaml")).read_text()
-        assert "lesion_weight: 20" in project and "parameterization: eps" in project
+        assert "lesion_weight: 100" in project and "parameterization: v" in project and "method: pixel_unshuffle" in project
 
     table = (out / "evaluation/table1.md").read_text()
     assert "| cLDM |" in table and "| cLDM (continued) |" in table and "| cLDM-PT |" in table
@@ -96,7 +96,8 @@ def test_demo_refuses_to_delete_a_folder_it_did_not_make(tmp_path):
     assert (out / "notes.txt").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("knob, value", [("DEMO_CLIP_X0", "yes"), ("DEMO_PARAMETERIZATION", "v")])
+@pytest.mark.parametrize("knob, value", [("DEMO_CLIP_X0", "yes"), ("DEMO_PARAMETERIZATION", "w"),
+                                        ("DEMO_CONDITIONING", "nearest")])
 def test_a_bad_stage2_knob_is_one_line_before_anything_is_written(tmp_path, knob, value):
     out = tmp_path / "demo"
     proc = _demo(out, **{knob: value})

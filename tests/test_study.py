@@ -44,7 +44,8 @@ def test_defaults_fit_the_budget_and_the_power_target():
                                          ("STUDY_SCALE", "0"), ("STUDY_SCALE", "-1"), ("STUDY_SCALE", "nan"),
                                          ("STUDY_SCALE", "101"), ("STUDY_ACCELERATOR", "tpu"), ("STUDY_N_TEST", "1"),
                                          ("STUDY_SAMPLER", "euler"), ("STUDY_LDM_LESION_WEIGHT", "-1"),
-                                         ("STUDY_CLIP_X0", "yes"), ("STUDY_PARAMETERIZATION", "v")])
+                                         ("STUDY_CLIP_X0", "yes"), ("STUDY_PARAMETERIZATION", "w"),
+                                         ("STUDY_CONDITIONING", "nearest")])
 def test_a_knob_out_of_range_is_one_line_naming_it(knob, value, tmp_path, monkeypatch, capsys):
     out = tmp_path / "study"
     monkeypatch.setenv("STUDY_OUT", str(out))
@@ -280,7 +281,8 @@ def test_the_lesion_weight_and_the_clip_reach_the_stages_and_make_another_study(
     assert _run(monkeypatch, out, python, STUDY_SEEDS="2") == 0
     latent = [c for c in _calls(log) if "main.py" in c and "-n vqgan" not in c]
     assert len(latent) == 8 and all("model.params.lesion_weight=0" in c for c in latent)
-    assert all("model.params.parameterization=eps" in c for c in latent)
+    assert all("model.params.parameterization=eps" in c and "model.params.cond_stage_config.params.method=bilinear" in c
+               for c in latent)
     assert not any("--clip_x0" in c for c in _calls(log))
     # other settings are another study, refused in the same folder
     assert _run(monkeypatch, out, python, STUDY_SEEDS="2", STUDY_LDM_LESION_WEIGHT="20") == 2
@@ -288,9 +290,12 @@ def test_the_lesion_weight_and_the_clip_reach_the_stages_and_make_another_study(
     other, log2 = tmp_path / "study2", tmp_path / "calls2.log"
     monkeypatch.setenv("FAKE_LOG", str(log2))
     assert _run(monkeypatch, other, python, STUDY_SEEDS="2", STUDY_LDM_LESION_WEIGHT="20", STUDY_CLIP_X0="1",
-                STUDY_PARAMETERIZATION="x0") == 0
+                STUDY_PARAMETERIZATION="v", STUDY_CONDITIONING="pixel_unshuffle") == 0
     calls = _calls(log2)
     latent = [c for c in calls if "main.py" in c and "-n vqgan" not in c]
-    assert all("model.params.lesion_weight=20" in c and "model.params.parameterization=x0" in c for c in latent)
+    assert all("model.params.lesion_weight=20" in c and "model.params.parameterization=v" in c
+               and "model.params.cond_stage_config.params.method=pixel_unshuffle" in c for c in latent)
+    assert {"parameterization": "v", "conditioning": "pixel_unshuffle"}.items() <= study.settings_from_env(
+        {"STUDY_PARAMETERIZATION": "v", "STUDY_CONDITIONING": "pixel_unshuffle"}).identity().items()
     sampled = [c for c in calls if "sample_LDM.py" in c]
     assert len(sampled) == 8 and all("--clip_x0" in c for c in sampled)

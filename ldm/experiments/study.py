@@ -25,7 +25,8 @@ slices per patient, default 32), STUDY_SAMPLER (dpmsolver++ or ddim), STUDY_SAMP
 STUDY_COHORT_SEED (default 0), STUDY_LDM_LESION_WEIGHT (the lesion-weighted L_latent of stages 2 and 3,
 default 0: the paper's Eq. 4, as the study was measured; the demo's is 20), STUDY_CLIP_X0 (1: the latent
 models' sampler clips x0_hat, as the demo; default 0), STUDY_PARAMETERIZATION (what stages 2 and 3 predict:
-eps, the paper's and the default, x0 or v), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
+eps, the paper's and the default, x0 or v), STUDY_CONDITIONING (how the CTP reaches the latent grid: bilinear,
+the paper's and the default, or pixel_unshuffle), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
 configs, sampled and scored beside the latent models: any of pix2pix, cyclegan, pairedcyclegan,
 bbdm, space separated; default none, see :mod:`.study_design`). A folder holding another study
 (other steps, cohort, sampler or baselines) is refused; more seeds extend a study in its folder.
@@ -205,10 +206,11 @@ class Study:
         """Every stage of one training seed; its evaluation folder."""
         steps = self.s.steps
         vqgan = self.train(seed, "vqgan", VQGAN_CONFIG, steps["vqgan"], ())
-        # the configs' lesion weight and parameterization are the demo's: the study passes its own (Eq. 4's eps
-        # prediction unless STUDY_LDM_LESION_WEIGHT / STUDY_PARAMETERIZATION say otherwise)
+        # the configs' lesion weight, parameterization and conditioning are the demo's: the study passes its own
+        # (Eq. 4's eps prediction from the bilinear rescaler unless its knobs say otherwise)
         weight = (f"model.params.lesion_weight={self.s.ldm_lesion_weight:g}",
-                  f"model.params.parameterization={self.s.parameterization}")
+                  f"model.params.parameterization={self.s.parameterization}",
+                  f"model.params.cond_stage_config.params.method={self.s.conditioning}")
         cldm = self.train(seed, CLDM[0], LDM_CONFIG, steps["ldm"],
                           (f"model.params.first_stage_config.params.ckpt_path={vqgan / LAST_CHECKPOINT}", *weight))
         reconstruction = self.reconstruct(seed, vqgan)

@@ -97,6 +97,7 @@ class StudySettings:
     ldm_lesion_weight: float = 0.0  # the paper's L_latent (Eq. 4), as the study was measured; the demo uses 20
     clip_x0: bool = False           # the reference's sampler; the demo clips
     parameterization: str = "eps"   # what stages 2 and 3 predict: the paper's eps, as the study was measured
+    conditioning: str = "bilinear"  # how the CTP reaches the latent grid: the paper's rescaler, as measured
     python: str = field(default=sys.executable, compare=False)
 
     @property
@@ -119,6 +120,8 @@ class StudySettings:
             identity["clip_x0"] = True
         if self.parameterization != "eps":
             identity["parameterization"] = self.parameterization
+        if self.conditioning != "bilinear":
+            identity["conditioning"] = self.conditioning
         return identity
 
 
@@ -139,6 +142,7 @@ KNOBS: dict[str, tuple[str, object, float | None, float | None]] = {
     "STUDY_LDM_LESION_WEIGHT": ("ldm_lesion_weight", float, 0.0, 1000.0),
     "STUDY_CLIP_X0": ("clip_x0", ("0", "1"), None, None),
     "STUDY_PARAMETERIZATION": ("parameterization", ("eps", "x0", "v"), None, None),
+    "STUDY_CONDITIONING": ("conditioning", ("bilinear", "pixel_unshuffle"), None, None),
 }
 
 
