@@ -54,3 +54,19 @@ def test_a_condition_of_the_wrong_shape_is_refused(shape):
 def test_a_scale_that_is_not_a_whole_block_is_refused(multiplier, n_stages):
     with pytest.raises(ValueError, match="pixel_unshuffle needs"):
         unshuffler(multiplier=multiplier, n_stages=n_stages)
+
+
+def test_a_latent_model_trains_its_unshuffling_rescaler_and_refuses_a_bilinear_checkpoint(tmp_path):
+    from ldm.util import ConfigError
+    from tests.test_latent_diffusion import RESCALER, make_batch, make_model
+
+    unshuffling = {**RESCALER, "params": {**RESCALER["params"], "method": "pixel_unshuffle"}}
+    model = make_model(cond_stage_config=unshuffling)
+    assert model.cond_stage_model.channel_mapper.weight.shape == (15, 15 * 16, 1, 1)
+    loss, _ = model.shared_step(make_batch())
+    loss.backward()
+    assert model.cond_stage_model.channel_mapper.weight.grad.abs().sum() > 0  # trained with the UNet
+    path = tmp_path / "bilinear.ckpt"
+    torch.save({"state_dict": make_model().state_dict()}, path)
+    with pytest.raises(ConfigError, match="channel_mapper.weight"):
+        make_model(cond_stage_config=unshuffling, ckpt_path=str(path))

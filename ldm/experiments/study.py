@@ -23,7 +23,7 @@ written): STUDY_SEEDS (2..20, default 3), STUDY_SCALE (multiplies every stage's 
 STUDY_N_TRAIN / STUDY_N_VAL / STUDY_N_TEST (patients, default 16 / 3 / 24), STUDY_SLICES (axial
 slices per patient, default 32), STUDY_SAMPLER (dpmsolver++ or ddim), STUDY_SAMPLE_STEPS (default 20),
 STUDY_COHORT_SEED (default 0), STUDY_LDM_LESION_WEIGHT (the lesion-weighted L_latent of stages 2 and 3,
-default 0: the paper's Eq. 4, as the study was measured; the demo's is 20), STUDY_CLIP_X0 (1: the latent
+default 0: the paper's Eq. 4, as the study was measured; the demo's is 100), STUDY_CLIP_X0 (1: the latent
 models' sampler clips x0_hat, as the demo; default 0), STUDY_PARAMETERIZATION (what stages 2 and 3 predict:
 eps, the paper's and the default, x0 or v), STUDY_CONDITIONING (how the CTP reaches the latent grid: bilinear,
 the paper's and the default, or pixel_unshuffle), STUDY_BASELINES (Table 1 baselines trained per seed from the demo

@@ -94,7 +94,7 @@ class StudySettings:
     sample_steps: int = 20
     cohort_seed: int = 0
     baselines: tuple[str, ...] = ()
-    ldm_lesion_weight: float = 0.0  # the paper's L_latent (Eq. 4), as the study was measured; the demo uses 20
+    ldm_lesion_weight: float = 0.0  # the paper's L_latent (Eq. 4), as the study was measured; the demo uses 100
     clip_x0: bool = False           # the reference's sampler; the demo clips
     parameterization: str = "eps"   # what stages 2 and 3 predict: the paper's eps, as the study was measured
     conditioning: str = "bilinear"  # how the CTP reaches the latent grid: the paper's rescaler, as measured

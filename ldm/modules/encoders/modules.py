@@ -59,4 +59,3 @@ class SpatialRescaler(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)
-
