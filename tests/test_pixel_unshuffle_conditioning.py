@@ -63,6 +63,9 @@ def test_a_latent_model_trains_its_unshuffling_rescaler_and_refuses_a_bilinear_c
     unshuffling = {**RESCALER, "params": {**RESCALER["params"], "method": "pixel_unshuffle"}}
     model = make_model(cond_stage_config=unshuffling)
     assert model.cond_stage_model.channel_mapper.weight.shape == (15, 15 * 16, 1, 1)
+    with torch.no_grad():  # the UNet's last convolution starts at zero, which would pass no gradient back
+        for p in model.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
     loss, _ = model.shared_step(make_batch())
     loss.backward()
     assert model.cond_stage_model.channel_mapper.weight.grad.abs().sum() > 0  # trained with the UNet
