@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ldm.modules.diffusionmodules.schedules import make_ddim_sampling_parameters, make_ddim_timesteps
-from ldm.samplers.base import clip_denoised, denoised_bounds, noise_schedule_unsupported, start_latent
+from ldm.samplers.base import (clip_denoised, denoised_bounds, noise_schedule_unsupported, predict_start,
+                                start_latent)
 
 
 class DDIMSampler:
@@ -97,18 +98,16 @@ class DDIMSampler:
         """One DDIM step (module docstring) in place: ``x`` becomes x_s and ``pred_x0`` x0_hat."""
         sqrt_a, sqrt_1m_a, sqrt_a_prev, dir_coef, sigma = self._coefficients(index)
         parameterization = getattr(self.model, "parameterization", "eps")
-        if parameterization == "x0":
-            pred_x0.copy_(model_output)
+        predict_start(self.model, x, model_output, sqrt_a, sqrt_1m_a, out=pred_x0)
+        if self._bounds is not None or parameterization == "x0":
+            # the direction follows x0_hat, clipped when asked (diffusers' DDIMScheduler)
+            if self._bounds is not None:
+                clip_denoised(pred_x0, self._bounds)
             e_t = (x - sqrt_a * pred_x0) / sqrt_1m_a
         elif parameterization == "v":  # eps = sqrt(1 - a) x + sqrt(a) v: no division by a small sqrt(1 - a)
-            torch.mul(x, sqrt_a, out=pred_x0).sub_(model_output, alpha=sqrt_1m_a)
             e_t = x * sqrt_1m_a + model_output * sqrt_a
         else:
             e_t = model_output
-            torch.sub(x, e_t, alpha=sqrt_1m_a, out=pred_x0).div_(sqrt_a)
-        if self._bounds is not None:  # the direction follows the clipped x0_hat (diffusers' DDIMScheduler)
-            clip_denoised(pred_x0, self._bounds)
-            e_t = (x - sqrt_a * pred_x0) / sqrt_1m_a
         x.copy_(pred_x0).mul_(sqrt_a_prev).add_(e_t, alpha=dir_coef)
         if sigma > 0 and temperature > 0:
             if given_noise is not None:
