@@ -13,7 +13,8 @@
 #
 # Knobs (environment): DEMO_OUT (folder, default demo_output), DEMO_SCALE (multiplies the training
 # steps of every stage), DEMO_N_TRAIN / DEMO_N_VAL / DEMO_N_TEST (patients), DEMO_SLICES (axial
-# slices per patient), DEMO_WINDOW (intensity window: lesion, or reference_percentile, the
+# slices per patient), DEMO_SIZE (the in-plane grid, HxW in multiples of 16: 64x64, the default, 3.5 mm
+# voxels and 14 mm latent pixels; 128x128 gives 1.75 mm and 7 mm at about 4x the CPU time), DEMO_WINDOW (intensity window: lesion, or reference_percentile, the
 # reference's), DEMO_LESION_WEIGHT (the VQGAN's lesion-weighted L1, 20; 0 is the reference's loss),
 # DEMO_LDM_LESION_WEIGHT (the lesion-weighted L_latent of stages 2 and 3, 100; 0 is the paper's Eq. 4),
 # DEMO_CLIP_X0 (1: the latent models' sampler clips x0_hat to the codebook's range; 0: as the reference),
@@ -44,6 +45,15 @@ N_VAL=${DEMO_N_VAL:-3}
 N_TEST=${DEMO_N_TEST:-10}          # stratified lesion volumes: 4 test patients with >= 2 ml of lesion
 SLICES=${DEMO_SLICES:-32}          # the whole brain
 WINDOW=${DEMO_WINDOW:-lesion}
+GRID=${DEMO_SIZE:-64x64}
+# multiples of 16: the VQGAN halves twice (f = 4) and the demo UNet twice more
+if ! [[ $GRID =~ ^([0-9]+)x([0-9]+)$ ]] || (( BASH_REMATCH[1] < 32 || BASH_REMATCH[2] < 32 \
+        || BASH_REMATCH[1] % 16 || BASH_REMATCH[2] % 16 )); then
+    echo "demo: DEMO_SIZE must be HxW, each a multiple of 16 and at least 32 (e.g. 64x64, 128x128), got '$GRID'" >&2
+    exit 2
+fi
+H=${BASH_REMATCH[1]}
+W=${BASH_REMATCH[2]}
 LESION_WEIGHT=${DEMO_LESION_WEIGHT:-20}
 LDM_LESION_WEIGHT=${DEMO_LDM_LESION_WEIGHT:-100}
 PARAMETERIZATION=${DEMO_PARAMETERIZATION:-v}
@@ -101,8 +111,16 @@ DATA_OVERRIDES=(
     "data.params.validation.params.window=$WINDOW"
     "lightning.trainer.accelerator=$ACCEL"
 )
+# the grid: the configs say 64 x 64 (latents 16 x 16); every size key follows DEMO_SIZE
+VQGAN_SIZE=("model.params.ddconfig.resolution=$H")
+LATENT_SIZE=(
+    "model.params.image_size=[$((H / 4)),$((W / 4))]"
+    "model.params.unet_config.params.image_size=[$((H / 4)),$((W / 4))]"
+    "model.params.first_stage_config.params.ddconfig.resolution=$H"
+)
 # what stages 2 and 3 share: post-training and its control start from the cLDM and must build the same model
 LATENT_OVERRIDES=(
+    "${LATENT_SIZE[@]}"
     "model.params.lesion_weight=$LDM_LESION_WEIGHT"
     "model.params.parameterization=$PARAMETERIZATION"
     "model.params.cond_stage_config.params.method=$CONDITIONING"
@@ -122,15 +140,15 @@ for baseline in $BASELINES; do
 done
 N_STAGES=$(( 8 + $(echo "$PT_TARGETS" | wc -w) + $(echo "$BASELINES" | wc -w) ))
 
-stage "synthetic cohort ($N_TRAIN/$N_VAL/$N_TEST patients, 64 x 64, $SLICES slices) and preprocessing"
-"$PYTHON" -m ldm.data.synthetic --out "$RAW" --size demo --seed "$COHORT_SEED" --slices "$SLICES" \
+stage "synthetic cohort ($N_TRAIN/$N_VAL/$N_TEST patients, $H x $W, $SLICES slices) and preprocessing"
+"$PYTHON" -m ldm.data.synthetic --out "$RAW" --size "${H}x${W}" --seed "$COHORT_SEED" --slices "$SLICES" \
     --n_train "$N_TRAIN" --n_val "$N_VAL" --n_test "$N_TEST"
-PYTHON="$PYTHON" RAW="$RAW" NPY="$NPY" SIZE="64 64" WINDOW="$WINDOW" bash scripts/preprocessing.sh
+PYTHON="$PYTHON" RAW="$RAW" NPY="$NPY" SIZE="$H $W" WINDOW="$WINDOW" bash scripts/preprocessing.sh
 done_stage
 
 stage "stage 1: VQGAN ($(steps "$VQGAN_STEPS") steps)"
 # shellcheck disable=SC2046  # train_overrides is a word list on purpose
-"$PYTHON" main.py --base configs/demo/vqgan.yaml -t -l "$OUT/logs" -n vqgan -s "$SEED" "${DATA_OVERRIDES[@]}" \
+"$PYTHON" main.py --base configs/demo/vqgan.yaml -t -l "$OUT/logs" -n vqgan -s "$SEED" "${DATA_OVERRIDES[@]}" "${VQGAN_SIZE[@]}" \
     "model.params.lossconfig.params.lesion_weight=$LESION_WEIGHT" \
     $(train_overrides "$(steps "$VQGAN_STEPS")")
 VQGAN_CKPT="$(latest_run vqgan)/checkpoints/last.ckpt"
@@ -169,8 +187,10 @@ done_stage
 
 for baseline in $BASELINES; do
     stage "Table 1 baseline: $(baseline_label "$baseline") ($(steps "$BASELINE_STEPS") steps)"
-    EXTRA_ARGS=()
-    if [ "$baseline" = bbdm ]; then EXTRA_ARGS=("model.params.first_stage_config.params.ckpt_path=$VQGAN_CKPT"); fi
+    EXTRA_ARGS=("model.params.image_size=[$H,$W]")  # the GANs work on the slices
+    if [ "$baseline" = bbdm ]; then
+        EXTRA_ARGS=("model.params.first_stage_config.params.ckpt_path=$VQGAN_CKPT" "${LATENT_SIZE[@]}")
+    fi
     # shellcheck disable=SC2046  # train_overrides is a word list on purpose
     "$PYTHON" main.py --base "$(baseline_config "$baseline")" -t -l "$OUT/logs" -n "$baseline" -s "$SEED" \
         "${DATA_OVERRIDES[@]}" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} $(train_overrides "$(steps "$BASELINE_STEPS")")
