@@ -97,9 +97,32 @@ def test_demo_refuses_to_delete_a_folder_it_did_not_make(tmp_path):
 
 
 @pytest.mark.parametrize("knob, value", [("DEMO_CLIP_X0", "yes"), ("DEMO_PARAMETERIZATION", "w"),
-                                        ("DEMO_CONDITIONING", "nearest")])
-def test_a_bad_stage2_knob_is_one_line_before_anything_is_written(tmp_path, knob, value):
+                                        ("DEMO_CONDITIONING", "nearest"), ("DEMO_SIZE", "100x100"),
+                                        ("DEMO_SIZE", "128"), ("DEMO_SIZE", "16x64")])
+def test_a_bad_knob_is_one_line_before_anything_is_written(tmp_path, knob, value):
     out = tmp_path / "demo"
     proc = _demo(out, **{knob: value})
     assert proc.returncode == 2 and knob in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_demo_size_sets_every_grid_key_and_the_volumes_keep_their_source_geometry(tmp_path):
+    """A non-square grid (80 x 48, latents 20 x 12) through the cohort, stage 1, stage 2, post-training,
+    the BBDM baseline (its own latent UNet), sampling and evaluation."""
+    out = tmp_path / "demo"
+    proc = _demo(out, DEMO_SIZE="80x48", DEMO_PT_TARGETS="reconstruction", DEMO_BASELINES="bbdm")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "80 x 48" in proc.stdout
+    runs = {p.name.split("_", 1)[1]: p for p in (out / "logs").iterdir()}
+    for name in ("cldm", "cldm_pt", "cldm_continued", "bbdm"):
+        project = next((runs[name] / "configs").glob("*project.yaml")).read_text()
+        assert project.count("- 20\n") >= 2 and project.count("- 12\n") >= 2, name  # model and UNet image_size
+    (patient,) = [p for p in (out / "raw/test").iterdir() if p.is_dir()]
+    assert np.load(out / "npy/test" / patient.name / "mri.npy", mmap_mode="r").shape[-2:] == (80, 48)
+    src = nib.load(patient / "dwi.nii.gz")
+    for model in ("cldm", "cldm_pt", "bbdm", "vqgan"):
+        img = nib.load(out / "samples" / model / patient.name / "dwi_sample_0.nii.gz")
+        assert img.shape == src.shape
+        np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+    assert "| cLDM-PT |" in (out / "evaluation/table1.md").read_text()
