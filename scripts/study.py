@@ -7,7 +7,7 @@
 
 The knobs are environment variables (STUDY_SEEDS, STUDY_SCALE, STUDY_OUT, STUDY_ACCELERATOR,
 STUDY_N_TRAIN, STUDY_N_VAL, STUDY_N_TEST, STUDY_SLICES, STUDY_SAMPLER, STUDY_SAMPLE_STEPS,
-STUDY_COHORT_SEED); what the study runs, its power computation and its time budget are in
+STUDY_COHORT_SEED, STUDY_SIZE, ...); what the study runs, its power computation and its time budget are in
 ldm/experiments/study.py. It writes ``<STUDY_OUT>/study.md``, ``study.csv`` and
 ``study_differences.png``; a study started again skips every stage it finished. Mistakes end with
 one line and exit code 2.

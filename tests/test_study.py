@@ -3,6 +3,7 @@ their refusals, the design's arithmetic, resume after an interruption, a missing
 folder of another study, and the report on known scores; then the report on evaluate.py's own files."""
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -45,7 +46,8 @@ def test_defaults_fit_the_budget_and_the_power_target():
                                          ("STUDY_SCALE", "101"), ("STUDY_ACCELERATOR", "tpu"), ("STUDY_N_TEST", "1"),
                                          ("STUDY_SAMPLER", "euler"), ("STUDY_LDM_LESION_WEIGHT", "-1"),
                                          ("STUDY_CLIP_X0", "yes"), ("STUDY_PARAMETERIZATION", "w"),
-                                         ("STUDY_CONDITIONING", "nearest")])
+                                         ("STUDY_CONDITIONING", "nearest"), ("STUDY_SIZE", "100x100"),
+                                         ("STUDY_SIZE", "128"), ("STUDY_SIZE", "16x64"), ("STUDY_SIZE", "-64x64")])
 def test_a_knob_out_of_range_is_one_line_naming_it(knob, value, tmp_path, monkeypatch, capsys):
     out = tmp_path / "study"
     monkeypatch.setenv("STUDY_OUT", str(out))
@@ -299,3 +301,34 @@ def test_the_lesion_weight_and_the_clip_reach_the_stages_and_make_another_study(
         {"STUDY_PARAMETERIZATION": "v", "STUDY_CONDITIONING": "pixel_unshuffle"}).identity().items()
     sampled = [c for c in calls if "sample_LDM.py" in c]
     assert len(sampled) == 8 and all("--clip_x0" in c for c in sampled)
+
+
+def test_the_grid_reaches_every_stage_and_makes_another_study(tmp_path, monkeypatch, capsys):
+    """STUDY_SIZE: the cohort, preprocessing and every size key of the VQGAN, the latent models and the
+    baselines; the demo's grid passes no size key (a study measured before STUDY_SIZE keeps its records)."""
+    python, out, log = _fake_python(tmp_path), tmp_path / "study", tmp_path / "calls.log"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    assert _run(monkeypatch, out, python, STUDY_SEEDS="2") == 0
+    assert not any("image_size" in c or "resolution=" in c for c in _calls(log))
+    assert "size" not in study.settings_from_env({"STUDY_SIZE": "64x64"}).identity()
+    assert _run(monkeypatch, out, python, STUDY_SEEDS="2", STUDY_SIZE="128x128") == 2  # another study
+    assert "size" in error_line(capsys.readouterr().err, "study.py")
+
+    other, log2 = tmp_path / "study2", tmp_path / "calls2.log"
+    monkeypatch.setenv("FAKE_LOG", str(log2))
+    assert _run(monkeypatch, other, python, STUDY_SEEDS="2", STUDY_SIZE="128x96", STUDY_BASELINES="pix2pix bbdm") == 0
+    calls = _calls(log2)
+    assert any("ldm/data/synthetic" in c and "--size 128x96" in c for c in calls)
+    assert json.loads((other / "records" / "preprocessing.json").read_text())["size"] == "128 96"
+    trained = {re.search(r"-n (\S+) -s (\d)", c).groups(): c for c in calls if "main.py" in c}
+    assert len(trained) == 2 * 7
+    for (name, _), call in trained.items():
+        if name == "vqgan":
+            assert "model.params.ddconfig.resolution=128" in call and "image_size" not in call
+        elif name == "pix2pix":
+            assert "model.params.image_size=[128,96]" in call
+        else:  # the latent models, BBDM included: the latent grid at f = 4 and the first stage's resolution
+            assert "model.params.image_size=[32,24]" in call and "unet_config.params.image_size=[32,24]" in call
+            assert "first_stage_config.params.ddconfig.resolution=128" in call
+    small, large = (study.settings_from_env({"STUDY_SIZE": size}) for size in ("64x64", "128x128"))
+    assert study.estimate_minutes(large)["training"] == pytest.approx(4 * study.estimate_minutes(small)["training"])

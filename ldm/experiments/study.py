@@ -26,7 +26,9 @@ STUDY_COHORT_SEED (default 0), STUDY_LDM_LESION_WEIGHT (the lesion-weighted L_la
 default 0: the paper's Eq. 4, as the study was measured; the demo's is 100), STUDY_CLIP_X0 (1: the latent
 models' sampler clips x0_hat, as the demo; default 0), STUDY_PARAMETERIZATION (what stages 2 and 3 predict:
 eps, the paper's and the default, x0 or v), STUDY_CONDITIONING (how the CTP reaches the latent grid: bilinear,
-the paper's and the default, or pixel_unshuffle), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
+the paper's and the default, or pixel_unshuffle), STUDY_SIZE (the in-plane grid HxW, multiples of 16: 64x64, the
+demo's and the default, 3.5 mm voxels and 14 mm latent pixels; 128x128 halves both at about 4x the CPU
+time), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
 configs, sampled and scored beside the latent models: any of pix2pix, cyclegan, pairedcyclegan,
 bbdm, space separated; default none, see :mod:`.study_design`). A folder holding another study
 (other steps, cohort, sampler or baselines) is refused; more seeds extend a study in its folder.
@@ -43,7 +45,7 @@ from ldm.experiments.statistics import patients_needed
 # settings_from_env, estimate_minutes and power_plan are re-exported: scripts/study.py and the tests read them here
 from ldm.experiments.study_design import (  # noqa: F401
     BASELINES, BATCH_SIZE, CLDM, CONTROL, EVALUATION_FILES, KIND, LDM_CONFIG, PLANNING_RELATIVE_SD, PT_CONFIG,
-    RECONSTRUCTION, SIZE, TARGET_RELATIVE_MDE, TARGETS, VQGAN_CONFIG, WINDOW, StudySettings, estimate_minutes,
+    RECONSTRUCTION, TARGET_RELATIVE_MDE, TARGETS, VQGAN_CONFIG, WINDOW, StudySettings, estimate_minutes,
     power_plan, settings_from_env)
 from ldm.experiments.study_report import write_report
 
@@ -103,14 +105,15 @@ class Study:
             f"synthetic cohort ({s.n_train}/{s.n_val}/{s.n_test} patients, {s.slices} slices)",
             s.out / "records" / "cohort.json",
             {"n_train": s.n_train, "n_val": s.n_val, "n_test": s.n_test, "slices": s.slices, "seed": s.cohort_seed},
-            command=[self.py, script("ldm/data/synthetic"), "--out", layout.raw, "--size", "demo", "--seed",
+            command=[self.py, script("ldm/data/synthetic"), "--out", layout.raw, "--size", s.size, "--seed",
                      s.cohort_seed, "--slices", s.slices, "--n_train", s.n_train, "--n_val", s.n_val,
                      "--n_test", s.n_test],
             outputs=[layout.raw / "cohort.json"]))
+        grid = " ".join(map(str, s.grid))
         self.runner.run(Stage(
-            "preprocessing", s.out / "records" / "preprocessing.json", {"size": SIZE, "window": WINDOW},
+            "preprocessing", s.out / "records" / "preprocessing.json", {"size": grid, "window": WINDOW},
             command=["bash", script("scripts/preprocessing.sh")],
-            env={"PYTHON": self.py, "RAW": str(layout.raw), "NPY": str(layout.npy), "SIZE": SIZE, "WINDOW": WINDOW},
+            env={"PYTHON": self.py, "RAW": str(layout.raw), "NPY": str(layout.npy), "SIZE": grid, "WINDOW": WINDOW},
             outputs=[layout.npy / split / "index.json" for split in ("train", "val", "test")]))
 
     # -- one seed --------------------------------------------------------------------------------
@@ -205,12 +208,13 @@ class Study:
     def seed(self, seed: int) -> Path:
         """Every stage of one training seed; its evaluation folder."""
         steps = self.s.steps
-        vqgan = self.train(seed, "vqgan", VQGAN_CONFIG, steps["vqgan"], ())
+        vqgan = self.train(seed, "vqgan", VQGAN_CONFIG, steps["vqgan"], self.s.size_overrides("vqgan"))
         # the configs' lesion weight, parameterization and conditioning are the demo's: the study passes its own
-        # (Eq. 4's eps prediction from the bilinear rescaler unless its knobs say otherwise)
+        # (Eq. 4's eps prediction from the bilinear rescaler unless its knobs say otherwise), and its grid
         weight = (f"model.params.lesion_weight={self.s.ldm_lesion_weight:g}",
                   f"model.params.parameterization={self.s.parameterization}",
-                  f"model.params.cond_stage_config.params.method={self.s.conditioning}")
+                  f"model.params.cond_stage_config.params.method={self.s.conditioning}",
+                  *self.s.size_overrides("latent"))
         cldm = self.train(seed, CLDM[0], LDM_CONFIG, steps["ldm"],
                           (f"model.params.first_stage_config.params.ckpt_path={vqgan / LAST_CHECKPOINT}", *weight))
         reconstruction = self.reconstruct(seed, vqgan)
@@ -222,8 +226,8 @@ class Study:
             runs[label] = (name, run)
         for name in self.s.baselines:  # Table 1's other rows, from the demo configs
             label, config = BASELINES[name]
-            overrides = (f"model.params.first_stage_config.params.ckpt_path={vqgan / LAST_CHECKPOINT}",) \
-                if name == "bbdm" else ()
+            overrides = (f"model.params.first_stage_config.params.ckpt_path={vqgan / LAST_CHECKPOINT}",
+                         *self.s.size_overrides("latent")) if name == "bbdm" else self.s.size_overrides("gan")
             runs[label] = (name, self.train(seed, name, config, self.s.baseline_steps, overrides))
         predictions = {label: self.sample(seed, name, run) for label, (name, run) in runs.items()}
         return self.evaluate(seed, predictions, reconstruction)

@@ -51,7 +51,7 @@ BASELINES = {"pix2pix": ("Pix2Pix", "configs/demo/pix2pix.yaml"),
              "pairedcyclegan": ("PairedCycleGAN", "configs/demo/paired_cyclegan.yaml"),
              "bbdm": ("BBDM", "configs/demo/bbdm.yaml")}
 WINDOW = "lesion"
-SIZE = "64 64"
+SIZE = "64x64"  # the demo's in-plane grid (STUDY_SIZE)
 BATCH_SIZE = 32
 # (run name, label in the tables, stage-3 overrides); the first stage-3 run is the control
 CLDM = ("cldm", "cLDM")
@@ -98,11 +98,38 @@ class StudySettings:
     clip_x0: bool = False           # the reference's sampler; the demo clips
     parameterization: str = "eps"   # what stages 2 and 3 predict: the paper's eps, as the study was measured
     conditioning: str = "bilinear"  # how the CTP reaches the latent grid: the paper's rescaler, as measured
+    size: str = SIZE                # the in-plane grid HxW (multiples of 16); the demo's, as measured
     python: str = field(default=sys.executable, compare=False)
 
     @property
     def steps(self) -> dict[str, int]:
         return {k: max(1, round(v * self.scale)) for k, v in BASE_STEPS.items()}
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(H, W) of the in-plane grid."""
+        h, w = self.size.split("x")
+        return int(h), int(w)
+
+    def size_overrides(self, kind: str) -> tuple[str, ...]:
+        """The config keys that follow the grid (the demo configs say 64 x 64) for a ``kind`` of run:
+        ``vqgan``, ``latent`` (a latent diffusion model: its latent grid at f = 4 and its first stage) or
+        ``gan`` (a GAN baseline: the slices). None at the demo's grid, so that a study measured before
+        STUDY_SIZE keeps its records."""
+        if self.size == SIZE:
+            return ()
+        h, w = self.grid
+        return {"vqgan": (f"model.params.ddconfig.resolution={h}",),
+                "gan": (f"model.params.image_size=[{h},{w}]",),
+                "latent": (f"model.params.image_size=[{h // 4},{w // 4}]",
+                           f"model.params.unet_config.params.image_size=[{h // 4},{w // 4}]",
+                           f"model.params.first_stage_config.params.ddconfig.resolution={h}")}[kind]
+
+    @property
+    def pixel_ratio(self) -> float:
+        """Pixels per slice against the demo's grid: the planning rates scale with it."""
+        h, w = self.grid
+        return h * w / 64 / 64
 
     @property
     def baseline_steps(self) -> int:
@@ -122,6 +149,8 @@ class StudySettings:
             identity["parameterization"] = self.parameterization
         if self.conditioning != "bilinear":
             identity["conditioning"] = self.conditioning
+        if self.size != SIZE:
+            identity["size"] = self.size
         return identity
 
 
@@ -143,6 +172,7 @@ KNOBS: dict[str, tuple[str, object, float | None, float | None]] = {
     "STUDY_CLIP_X0": ("clip_x0", ("0", "1"), None, None),
     "STUDY_PARAMETERIZATION": ("parameterization", ("eps", "x0", "v"), None, None),
     "STUDY_CONDITIONING": ("conditioning", ("bilinear", "pixel_unshuffle"), None, None),
+    "STUDY_SIZE": ("size", "grid", None, None),
 }
 
 
@@ -160,6 +190,13 @@ def settings_from_env(env: Mapping[str, str], python: str = sys.executable) -> S
             if unknown:
                 raise ExperimentError(f"{knob}={text!r}: {unknown[0]!r} is not one of {', '.join(BASELINES)}")
             values[name] = tuple(b for b in BASELINES if b in words)
+            continue
+        if kind == "grid":  # STUDY_SIZE: HxW, multiples of 16 (the VQGAN halves twice, the demo UNet twice more)
+            hw = text.split("x")
+            if len(hw) != 2 or not all(v.isdigit() and int(v) >= 32 and int(v) % 16 == 0 for v in hw):
+                raise ExperimentError(f"{knob}={text!r}: expected HxW, each a multiple of 16 and at least 32 "
+                                      f"(e.g. 64x64, 128x128)")
+            values[name] = f"{int(hw[0])}x{int(hw[1])}"
             continue
         if isinstance(kind, tuple):
             if text not in kind:
@@ -194,6 +231,9 @@ def estimate_minutes(s: StudySettings) -> dict[str, float]:
     for b in s.baselines:  # the bridge samples like the latent models, a GAN in one pass
         per_slice = SAMPLE_SECONDS_PER_SLICE if b == "bbdm" else DIRECT_SECONDS_PER_SLICE
         sampling += s.seeds * s.n_test * s.slices * per_slice / 60
+    # the rates were measured at 64 x 64; a larger grid costs about its share of pixels (128 x 128: the
+    # demo's VQGAN 3.8x, its cLDM 2.9x)
+    training, sampling = training * s.pixel_ratio, sampling * s.pixel_ratio
     models += len(s.baselines)
     evaluation = s.seeds * s.n_test * (models + 1) * EVAL_SECONDS_PER_PATIENT_RUN / 60
     parts = {"cohort": COHORT_MINUTES, "training": training, "sampling": sampling,
