@@ -111,7 +111,13 @@ DATA_OVERRIDES=(
     "data.params.validation.params.window=$WINDOW"
     "lightning.trainer.accelerator=$ACCEL"
 )
-# the grid: the configs say 64 x 64 (latents 16 x 16); every size key follows DEMO_SIZE
+# the grid: the configs say 64 x 64 (latents 16 x 16); every size key follows DEMO_SIZE, and so does the
+# augmentation's shift, given in pixels (the reference's 32 px at 192, the configs' 10.667 at 64): the same
+# share of the slice, so the same millimetres, at every grid
+if [ "$H" != 64 ] || [ "$W" != 64 ]; then
+    DATA_OVERRIDES+=("data.params.train.params.augment.max_translation=[$("$PYTHON" -c \
+        "import sys; print(','.join(f'{32 * int(v) / 192:.3f}' for v in sys.argv[1:]))" "$H" "$W")]")
+fi
 VQGAN_SIZE=("model.params.ddconfig.resolution=$H")
 LATENT_SIZE=(
     "model.params.image_size=[$((H / 4)),$((W / 4))]"

@@ -119,11 +119,14 @@ class StudySettings:
         if self.size == SIZE:
             return ()
         h, w = self.grid
-        return {"vqgan": (f"model.params.ddconfig.resolution={h}",),
-                "gan": (f"model.params.image_size=[{h},{w}]",),
-                "latent": (f"model.params.image_size=[{h // 4},{w // 4}]",
-                           f"model.params.unet_config.params.image_size=[{h // 4},{w // 4}]",
-                           f"model.params.first_stage_config.params.ddconfig.resolution={h}")}[kind]
+        # the augmentation's shift is in pixels (the configs' 10.667 at 64, the reference's 32 at 192): the same
+        # share of the slice at every grid
+        shift = f"data.params.train.params.augment.max_translation=[{32 * h / 192:.3f},{32 * w / 192:.3f}]"
+        return (shift, *{"vqgan": (f"model.params.ddconfig.resolution={h}",),
+                         "gan": (f"model.params.image_size=[{h},{w}]",),
+                         "latent": (f"model.params.image_size=[{h // 4},{w // 4}]",
+                                    f"model.params.unet_config.params.image_size=[{h // 4},{w // 4}]",
+                                    f"model.params.first_stage_config.params.ddconfig.resolution={h}")}[kind])
 
     @property
     def pixel_ratio(self) -> float:
