@@ -118,6 +118,9 @@ def test_demo_size_sets_every_grid_key_and_the_volumes_keep_their_source_geometr
     for name in ("cldm", "cldm_pt", "cldm_continued", "bbdm"):
         project = next((runs[name] / "configs").glob("*project.yaml")).read_text()
         assert project.count("- 20\n") >= 2 and project.count("- 12\n") >= 2, name  # model and UNet image_size
+    for name in runs:  # the augmentation's shift: 32 px at 192 (10.667 at 64), here 13.333 x 8 px
+        project = next((runs[name] / "configs").glob("*project.yaml")).read_text()
+        assert "max_translation:\n          - 13.333\n          - 8.0\n" in project, name
     (patient,) = [p for p in (out / "raw/test").iterdir() if p.is_dir()]
     assert np.load(out / "npy/test" / patient.name / "mri.npy", mmap_mode="r").shape[-2:] == (80, 48)
     src = nib.load(patient / "dwi.nii.gz")

@@ -323,6 +323,7 @@ def test_the_grid_reaches_every_stage_and_makes_another_study(tmp_path, monkeypa
     trained = {re.search(r"-n (\S+) -s (\d)", c).groups(): c for c in calls if "main.py" in c}
     assert len(trained) == 2 * 7
     for (name, _), call in trained.items():
+        assert "data.params.train.params.augment.max_translation=[21.333,16.000]" in call  # 32 px at 192
         if name == "vqgan":
             assert "model.params.ddconfig.resolution=128" in call and "image_size" not in call
         elif name == "pix2pix":
