@@ -14,8 +14,10 @@
 # Knobs (environment): DEMO_OUT (folder, default demo_output), DEMO_SCALE (multiplies the training
 # steps of every stage), DEMO_N_TRAIN / DEMO_N_VAL / DEMO_N_TEST (patients), DEMO_SLICES (axial
 # slices per patient), DEMO_SIZE (the in-plane grid, HxW in multiples of 16: 64x64, the default, 3.5 mm
-# voxels and 14 mm latent pixels; 128x128 gives 1.75 mm and 7 mm at about 4x the CPU time), DEMO_WINDOW (intensity window: lesion, or reference_percentile, the
-# reference's), DEMO_LESION_WEIGHT (the VQGAN's lesion-weighted L1, 20; 0 is the reference's loss),
+# voxels and 14 mm latent pixels; 128x128 gives 1.75 mm and 7 mm, and keeps the lesions under 1 ml, at
+# 2.9x the CPU time: docs/results.md, The grid), DEMO_WINDOW (intensity window: lesion, or
+# reference_percentile, the reference's), DEMO_LESION_WEIGHT (the VQGAN's lesion-weighted L1, 20; 0 is
+# the reference's loss),
 # DEMO_LDM_LESION_WEIGHT (the lesion-weighted L_latent of stages 2 and 3, 100; 0 is the paper's Eq. 4),
 # DEMO_CLIP_X0 (1: the latent models' sampler clips x0_hat to the codebook's range; 0: as the reference),
 # DEMO_PARAMETERIZATION (what the UNet of stages 2 and 3 predicts: v, the default, eps, the paper's, or x0),
@@ -154,8 +156,8 @@ done_stage
 
 stage "stage 1: VQGAN ($(steps "$VQGAN_STEPS") steps)"
 # shellcheck disable=SC2046  # train_overrides is a word list on purpose
-"$PYTHON" main.py --base configs/demo/vqgan.yaml -t -l "$OUT/logs" -n vqgan -s "$SEED" "${DATA_OVERRIDES[@]}" "${VQGAN_SIZE[@]}" \
-    "model.params.lossconfig.params.lesion_weight=$LESION_WEIGHT" \
+"$PYTHON" main.py --base configs/demo/vqgan.yaml -t -l "$OUT/logs" -n vqgan -s "$SEED" "${DATA_OVERRIDES[@]}" \
+    "${VQGAN_SIZE[@]}" "model.params.lossconfig.params.lesion_weight=$LESION_WEIGHT" \
     $(train_overrides "$(steps "$VQGAN_STEPS")")
 VQGAN_CKPT="$(latest_run vqgan)/checkpoints/last.ckpt"
 done_stage

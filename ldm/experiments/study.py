@@ -27,8 +27,8 @@ default 0: the paper's Eq. 4, as the study was measured; the demo's is 100), STU
 models' sampler clips x0_hat, as the demo; default 0), STUDY_PARAMETERIZATION (what stages 2 and 3 predict:
 eps, the paper's and the default, x0 or v), STUDY_CONDITIONING (how the CTP reaches the latent grid: bilinear,
 the paper's and the default, or pixel_unshuffle), STUDY_SIZE (the in-plane grid HxW, multiples of 16: 64x64, the
-demo's and the default, 3.5 mm voxels and 14 mm latent pixels; 128x128 halves both at about 4x the CPU
-time), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
+demo's and the default, 3.5 mm voxels and 14 mm latent pixels; 128x128 halves both and keeps the lesions under
+1 ml, at 3 - 4x the CPU time: docs/results.md, The grid), STUDY_BASELINES (Table 1 baselines trained per seed from the demo
 configs, sampled and scored beside the latent models: any of pix2pix, cyclegan, pairedcyclegan,
 bbdm, space separated; default none, see :mod:`.study_design`). A folder holding another study
 (other steps, cohort, sampler or baselines) is refused; more seeds extend a study in its folder.
