@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ldm.data.synthetic.cohort import parse_size
 from ldm.experiments.runner import ExperimentError
 from ldm.experiments.statistics import minimum_detectable_effect, patients_needed
 
@@ -195,12 +196,15 @@ def settings_from_env(env: Mapping[str, str], python: str = sys.executable) -> S
                 raise ExperimentError(f"{knob}={text!r}: {unknown[0]!r} is not one of {', '.join(BASELINES)}")
             values[name] = tuple(b for b in BASELINES if b in words)
             continue
-        if kind == "grid":  # STUDY_SIZE: HxW, multiples of 16 (the VQGAN halves twice, the demo UNet twice more)
-            hw = text.split("x")
-            if len(hw) != 2 or not all(v.isdigit() and int(v) >= 32 and int(v) % 16 == 0 for v in hw):
+        if kind == "grid":  # STUDY_SIZE: the cohort's sizes, in multiples of 16 (f = 4, then the demo UNet's 4)
+            try:
+                h, w = parse_size(text)
+            except ValueError:
+                h = w = 0
+            if min(h, w) < 32 or h % 16 or w % 16:
                 raise ExperimentError(f"{knob}={text!r}: expected HxW, each a multiple of 16 and at least 32 "
                                       f"(e.g. 64x64, 128x128)")
-            values[name] = f"{int(hw[0])}x{int(hw[1])}"
+            values[name] = f"{h}x{w}"
             continue
         if isinstance(kind, tuple):
             if text not in kind:
