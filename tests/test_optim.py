@@ -1,5 +1,5 @@
 """ldm.optim: the fused Adam(W) is chosen on a GPU only, and follows the same trajectory as torch's
-per-tensor implementation to float rounding."""
+per-tensor implementation to float rounding; on the CPU the multi-tensor (foreach) one, bit for bit."""
 from __future__ import annotations
 
 import pytest
@@ -33,6 +33,7 @@ def _trajectories(device: str, decoupled: bool) -> tuple[list[torch.Tensor], lis
 def test_on_the_cpu_the_update_is_torchs_default_bit_for_bit(decoupled):
     a, b, chosen = _trajectories("cpu", decoupled)
     assert not chosen.defaults.get("fused")
+    assert chosen.defaults["foreach"] is True
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert any(not torch.allclose(x, s) for x, s in zip(a, _net().parameters()))  # the steps moved the weights
 
@@ -51,4 +52,4 @@ def test_what_cannot_be_fused_falls_back():
     assert not can_fuse([torch.zeros(2, requires_grad=True)])  # a CPU tensor
     assert not can_fuse([torch.zeros(2, dtype=torch.int64, device="meta")])
     opt = adam([torch.nn.Parameter(torch.zeros(2, device="meta"))], lr=1e-3)
-    assert not opt.defaults.get("fused")
+    assert not opt.defaults.get("fused") and not opt.defaults.get("foreach")
