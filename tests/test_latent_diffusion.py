@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ldm.compilation import compile_unavailable
+from ldm.models.diffusion import gaussian_diffusion
 from ldm.samplers.ddim import DDIMSampler
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.util import ConfigError
@@ -323,6 +325,7 @@ def test_compile_switch_routes_the_unet_through_torch_compile(monkeypatch):
         return lambda *args, **kw: ("compiled", module(*args, **kw))
 
     monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(gaussian_diffusion, "compile_unavailable", lambda *args: None)  # a machine without g++
     eager = make_model()
     compiled = make_model(compile_unet=True, compile_kwargs={"mode": "max-autotune"})
     compiled.load_state_dict(eager.state_dict())
@@ -333,6 +336,38 @@ def test_compile_switch_routes_the_unet_through_torch_compile(monkeypatch):
     assert tag == "compiled" and calls == [{"mode": "max-autotune"}]
     torch.testing.assert_close(out, eager.apply_model(z, t, c))
     assert set(compiled.state_dict()) == set(eager.state_dict())
+
+
+def test_compile_switch_without_a_compiler_refuses_in_one_line_before_compiling(monkeypatch):
+    """Without a C++ compiler inductor would fail inside the first forward with a long traceback;
+    the model refuses before torch.compile is called, naming the switch. A backend that builds no
+    kernels (eager) is not checked."""
+    import torch._inductor.cpp_builder as cpp_builder
+    from torch._inductor import exc
+
+    def no_compiler(*args, **kwargs):
+        raise exc.InvalidCxxCompiler()
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: calls.append(kw) or module)
+    assert "C++ compiler" in compile_unavailable("cpu")
+    z, t, c = torch.randn(2, 3, 4, 4), torch.tensor([3, 50]), torch.randn(2, 15, 4, 4)
+    with pytest.raises(ConfigError, match=r"^compile_unet: .*no working C\+\+ compiler.*compile_unet=false$"):
+        make_model(compile_unet=True).apply_model(z, t, c)
+    assert calls == []
+    make_model(compile_unet=True, compile_kwargs={"backend": "eager"}).apply_model(z, t, c)
+    assert calls == [{"backend": "eager"}]
+
+
+def test_compile_on_a_gpu_needs_triton(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
+    assert "triton" in compile_unavailable("cuda")
+    assert compile_unavailable("cuda", "eager") is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert compile_unavailable("cuda") is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -25,6 +25,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from ldm.compilation import compile_unavailable
 from ldm.models.diffusion.diffusion_wrapper import DiffusionWrapper
 from ldm.modules.diffusionmodules.schedules import make_beta_schedule
 from ldm.modules.diffusionmodules.util import extract_into_tensor, mean_flat
@@ -276,6 +277,11 @@ class DDPM(pl.LightningModule):
         if not self.compile_unet:
             return self.model
         if self._compiled_model is None:
+            backend = self.compile_kwargs.get("backend", "inductor")
+            why = compile_unavailable(self.device.type, backend if isinstance(backend, str) else "")
+            if why:
+                raise ConfigError(f"compile_unet: torch.compile ({backend}) cannot build the UNet's kernels on "
+                                  f"{self.device.type}: {why}; or set model.params.compile_unet=false")
             object.__setattr__(self, "_compiled_model", torch.compile(self.model, **self.compile_kwargs))
         return self._compiled_model
 
