@@ -6,9 +6,7 @@ spatial size), x_T from the per-slice seeded ``noise`` for samplers that start f
 DPM-Solver++; a bridge starts from its source y), the per-step noise (eta > 0) drawn per slice as
 well, so that a slice's result does not depend on the batching, and the decoder.
 ``precision="bf16-mixed"`` runs the networks (UNet and decoder) under bf16 autocast (Lightning's
-forward context, as in training); the samplers' state and the returned images stay float32. In
-float32 on the CPU the UNet runs through a traced, frozen graph (the model's ``inference_graph``,
-:mod:`ldm.modules.inference_graph`): the same outputs bit for bit, about 11% less time per UNet call.
+forward context, as in training); the samplers' state and the returned images stay float32.
 """
 from __future__ import annotations
 
@@ -34,19 +32,15 @@ class SliceSampler:
         channel (:func:`~ldm.modules.diffusionmodules.util.zero_mean_per_channel`: the sample's
         brightness no longer follows the mean of the drawn noise); ``"gaussian"`` uses x_T as
         drawn, as CompVis and the reference do. Ignored by samplers that do not start from noise.
-    inference_graph: run the UNet through the model's ``inference_graph`` where it has one (the same
-        outputs; False runs it eagerly).
     """
 
     def __init__(self, model: torch.nn.Module, steps: int = 200, eta: float | None = 0.0,
-                 initial_noise: str = "zero_mean", sampler: str | Mapping | None = None,
-                 inference_graph: bool = True) -> None:
+                 initial_noise: str = "zero_mean", sampler: str | Mapping | None = None) -> None:
         if initial_noise not in INITIAL_NOISE:
             raise ValueError(f"initial noise must be one of {INITIAL_NOISE}, got {initial_noise!r}")
         self.model, self.steps = model, int(steps)
         self.eta = float(eta if eta is not None else getattr(model, "sample_eta", 0.0))
         self.initial_noise = initial_noise
-        self.inference_graph = bool(inference_graph)
         self.sampler = make_sampler(sampler if sampler is not None else getattr(model, "sampler_spec", "ddim"), model)
         self.sampler.check(self.steps, self.eta)  # bad steps / eta fail here, before any work
         self.n_evaluations = len(self.sampler.timesteps(self.steps))
@@ -79,10 +73,8 @@ class SliceSampler:
         step_noise = None
         if self.eta > 0:  # a sampler that takes eta > 0 takes its noise as step_noise (ldm.samplers.base)
             step_noise = noise((self.n_evaluations, *shape)).transpose(0, 1).to(self.device)
-        graph = getattr(self.model, "inference_graph", None)
-        with graph(self.inference_graph) if callable(graph) else contextlib.nullcontext():
-            latents, _ = self.sampler.sample(S=self.steps, batch_size=ctp.shape[0], shape=shape, conditioning=cond,
-                                             eta=self.eta, x_T=x_T, verbose=False, step_noise=step_noise)
+        latents, _ = self.sampler.sample(S=self.steps, batch_size=ctp.shape[0], shape=shape, conditioning=cond,
+                                         eta=self.eta, x_T=x_T, verbose=False, step_noise=step_noise)
         # the decoder can overshoot slightly; the inverse normalisation is defined on [-1, 1]
         return self.model.decode_first_stage(latents.float()).clamp(-1.0, 1.0)
 

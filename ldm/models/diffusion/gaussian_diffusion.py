@@ -285,18 +285,6 @@ class DDPM(pl.LightningModule):
             object.__setattr__(self, "_compiled_model", torch.compile(self.model, **self.compile_kwargs))
         return self._compiled_model
 
-    @contextlib.contextmanager
-    def inference_graph(self, enabled: bool = True) -> Iterator[None]:
-        """Within the block the UNet runs through a traced, frozen graph where that applies (CPU,
-        float32, no gradient: :mod:`ldm.modules.inference_graph`), the same outputs in less time; the
-        slice sampler uses it. Not with ``compile_unet``, which compiles the UNet instead."""
-        wrapper = self.model
-        if not enabled or self.compile_unet or not hasattr(wrapper, "inference_graph"):
-            yield
-            return
-        with wrapper.inference_graph():
-            yield
-
     def denoised_range(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The box a sampler's ``clip_x0`` clips x0_hat to: [-1, 1], the data range in pixel space."""
         return torch.tensor(-1.0), torch.tensor(1.0)
