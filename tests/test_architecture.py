@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # bottom to top; a module may import its own layer and the layers below it (docs/architecture.md)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("ldm.util", "ldm.io", "ldm.config", "ldm.precision", "ldm.folder_lock", "ldm.cli", "ldm.optim")),
+    ("base", ("ldm.util", "ldm.io", "ldm.config", "ldm.precision", "ldm.folder_lock", "ldm.cli", "ldm.optim",
+              "ldm.compilation")),
     ("modules", ("ldm.modules", "taming.modules")),
     ("data", ("ldm.data",)),
     ("evaluation", ("ldm.evaluation",)),  # scores volumes on disk: knows no model, so any can be scored
